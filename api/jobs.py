@@ -1,0 +1,95 @@
+"""Job operations behind the routes: plain functions that are easy to test."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as aioredis
+
+from api.deps import Services
+from api.errors import ApiError
+from common import keys
+from common.jobstore import IdempotencyConflict, JobNotFound, JobRecord, fingerprint
+from common.schemas import JobCreate, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def submit(
+    services: Services, tenant: str, body: JobCreate, idempotency_key: str | None
+) -> JobRecord:
+    """Store the job, then put it on the queue. Nothing is stored that was not enqueued."""
+    settings, store = services.settings, services.store
+    try:
+        job_id, created = store.create(
+            body.normalised(),
+            tenant=tenant,
+            queue=settings.queue,
+            idempotency_key=idempotency_key,
+            body_fingerprint=fingerprint(body.model_dump(mode="json")),
+        )
+    except IdempotencyConflict as exc:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+            details={"job_id": str(exc)},
+        ) from exc
+    if created:
+        try:
+            services.queue.enqueue(job_id, settings.queue)
+        except Exception:
+            store.discard(job_id, tenant=tenant, idempotency_key=idempotency_key)
+            raise
+        log.info("job %s queued on %s", job_id, settings.queue)
+    return store.get(job_id)
+
+
+def load(services: Services, tenant: str, job_id: str) -> JobRecord:
+    try:
+        return services.store.get(job_id, tenant=tenant)
+    except JobNotFound as exc:
+        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}") from exc
+
+
+def cancel(services: Services, tenant: str, job_id: str) -> JobRecord:
+    record = load(services, tenant, job_id)
+    outcome = services.store.cancel(record.id)
+    if outcome in {"canceled", "requested", JobStatus.CANCELED.value}:
+        return services.store.get(job_id)
+    if outcome == "missing":
+        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+    raise ApiError(409, "job_finished", f"the job already ended: {outcome}")
+
+
+def parse_prefer_wait(header: str | None, cap_s: float) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 when absent or bad."""
+    if not header:
+        return 0.0
+    for preference in header.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0.0, min(float(value.strip().strip('"')), cap_s))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
+async def wait_until_finished(client: aioredis.Redis, job_id: str, timeout_s: float) -> bool:
+    """Wait on the job's event stream for a terminal status; True if it came in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    stream, last_id = keys.job_events(job_id), "0"
+    while (remaining := deadline - loop.time()) > 0:
+        answer = await client.xread(
+            {stream: last_id}, block=max(1, int(remaining * 1000)), count=100
+        )
+        if not answer:
+            return False
+        for entry_id, fields in answer[0][1]:
+            last_id = entry_id
+            if fields.get("type") == "status" and JobStatus(fields["status"]).is_terminal:
+                return True
+    return False

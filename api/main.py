@@ -1,0 +1,60 @@
+"""The FastAPI application: ``uvicorn --factory api.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.deps import Services
+from api.errors import install_error_handlers
+from api.routes import health, jobs
+from common.jobstore import JobStore
+from common.queue import JobQueue, make_celery
+from common.settings import Settings, get_settings
+from common.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings) -> Services:
+    store = JobStore.from_url(
+        settings.redis_url,
+        job_ttl_s=settings.job_ttl_s,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+    )
+    return Services(
+        settings=settings,
+        store=store,
+        storage=Storage(settings),
+        queue=JobQueue(make_celery(settings)),
+        async_redis=aioredis.Redis.from_url(settings.redis_url, decode_responses=True),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        if settings.s3_create_bucket:
+            services.storage.ensure_bucket()
+        app.state.services = services
+        yield
+        await services.async_redis.aclose()
+        services.store.redis.close()
+
+    app = FastAPI(
+        title="sdq",
+        version="1",
+        summary="Stable Diffusion v1.5 text-to-image as a queue-based service",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,141 @@
+"""The ``sdq`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from common.schemas import OutputFormat, Scheduler
+from common.settings import get_settings
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=get_settings().log_level.lower(),
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.app import app
+
+    settings = get_settings()
+    argv = [
+        "worker",
+        f"--queues={args.queues or settings.queue}",
+        "--concurrency=1",  # one process per GPU
+        "--pool=prefork",  # the pipeline lives in the child; a crash there loses no message
+        "--without-mingle",
+        "--without-gossip",
+        f"--loglevel={settings.log_level}",
+    ]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from cli.up import run_stack
+
+    return run_stack(args)
+
+
+def _ready(args: argparse.Namespace) -> int:
+    from cli.client import Client
+
+    return Client(args.api_url).wait_ready(args.timeout)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from cli.client import Client
+
+    return Client(args.api_url).submit(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cli.client import Client
+
+    return Client(args.api_url).show(args.job_id)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from cli.client import Client
+
+    return Client(args.api_url).cancel(args.job_id)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="sdq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("api", help="run the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("worker", help="run a GPU worker (one per GPU)")
+    p.add_argument("--queues", help=f"comma-separated queues (default {settings.queue})")
+    p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("up", help="run a local stack: Redis, S3, a worker and the API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--data-dir", default=".sdq", help="where Redis and S3 keep their data")
+    p.set_defaults(func=_up)
+
+    client_args = argparse.ArgumentParser(add_help=False)
+    client_args.add_argument("--api-url", default=settings.api_url)
+
+    p = sub.add_parser("ready", parents=[client_args], help="wait for the API and a worker")
+    p.add_argument("--timeout", type=float, default=300)
+    p.set_defaults(func=_ready)
+
+    p = sub.add_parser("submit", parents=[client_args], help="submit prompts")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT")
+    p.add_argument("--wait", action="store_true", help="show progress, then save the images")
+    p.add_argument("--out", default="out", help="folder for the images (with --wait)")
+    p.add_argument("--negative-prompt")
+    p.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--scheduler", choices=[s.value for s in Scheduler])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--format", choices=[f.value for f in OutputFormat])
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("status", parents=[client_args], help="show a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("cancel", parents=[client_args], help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # httpx logs every URL at INFO, presigned signatures included.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Every Redis key sdq writes, the Celery task names and the fixed limits, in one place.
+
+TTLs that operators tune live in :mod:`common.settings`; the ones here are structural.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sdq"
+
+# Celery task names: the API sends tasks by name so it never imports the worker (or torch).
+TASK_GENERATE = "sdq.generate"
+
+# Job events kept per job for replay (Server-Sent Events, waiters): a bounded stream.
+EVENTS_MAXLEN = 1000
+
+# Worker heartbeats: a worker is listed while its last beat is younger than this many intervals.
+HEARTBEAT_MISSES = 3
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record, the source of truth for its state. TTL: settings.job_ttl_s."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: status and progress events of one job, in order. Same TTL as the job."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_lease(job_id: str) -> str:
+    """String: token of the worker running the job. TTL: settings.lease_ttl_s, renewed."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """Sorted set: a tenant's job ids scored by submission sequence (listing, paging)."""
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """Hash: job id and request fingerprint for an Idempotency-Key. TTL: idempotency_ttl_s."""
+    return f"{PREFIX}:idem:{tenant}:{key}"
+
+
+def pending(queue: str) -> str:
+    """Sorted set: queued job ids of a Celery queue by submission sequence (queue position)."""
+    return f"{PREFIX}:queue:{queue}:pending"
+
+
+def sequence() -> str:
+    """Counter: monotonically increasing submission sequence."""
+    return f"{PREFIX}:seq"
+
+
+def worker(name: str) -> str:
+    """Hash: a worker's last heartbeat. TTL: HEARTBEAT_MISSES heartbeat intervals."""
+    return f"{PREFIX}:worker:{name}"
+
+
+def workers() -> str:
+    """Sorted set: worker names scored by the time of their last beat (epoch seconds)."""
+    return f"{PREFIX}:workers"

@@ -1,0 +1,274 @@
+"""Request and response schemas shared by the API and the workers (pydantic v2)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+MAX_PROMPTS = 16
+MAX_IMAGES_PER_PROMPT = 8
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**32 - 1
+MAX_METADATA_ITEMS = 16
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+)
+
+
+class Scheduler(StrEnum):
+    """Sampler names; each maps to a diffusers scheduler built from the model's config."""
+
+    PNDM = "pndm"
+    DDIM = "ddim"
+    EULER = "euler"
+    EULER_A = "euler_a"
+    DPMPP_2M = "dpmpp_2m"
+    DPMPP_2M_KARRAS = "dpmpp_2m_karras"
+    HEUN = "heun"
+    UNIPC = "unipc"
+
+
+class OutputFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS), AfterValidator(_not_blank)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError("must be a multiple of 8")
+    return value
+
+
+Dimension = Annotated[int, Field(ge=64, le=1024), AfterValidator(_multiple_of_8)]
+
+
+class JobCreate(BaseModel):
+    """A text-to-image request, as clients send it to ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)] = Field(
+        description=f"One prompt, or a list of 1-{MAX_PROMPTS} prompts"
+    )
+    negative_prompt: Prompt | list[Prompt] | None = Field(
+        None, description="One negative prompt for all prompts, or one per prompt"
+    )
+    num_images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+    width: Dimension = Field(512, description="Pixels, 64-1024, a multiple of 8")
+    height: Dimension = Field(512, description="Pixels, 64-1024, a multiple of 8")
+    num_inference_steps: int = Field(50, ge=1, le=150)
+    guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False)
+    scheduler: Scheduler = Scheduler.PNDM
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Base seed; image n uses seed + n. Chosen and returned when absent.",
+    )
+    output_format: OutputFormat = OutputFormat.PNG
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_ITEMS,
+        description="Small string map echoed back with the job",
+    )
+
+    @model_validator(mode="after")
+    def _negative_prompt_matches(self) -> JobCreate:
+        if isinstance(self.negative_prompt, list) and len(self.negative_prompt) != len(
+            self.prompts
+        ):
+            raise ValueError("negative_prompt list must have one entry per prompt")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def normalised(self) -> JobRequest:
+        """The request as the worker runs it: lists everywhere and a seed chosen if absent."""
+        negative = self.negative_prompt
+        if isinstance(negative, str):
+            negative = [negative] * len(self.prompts)
+        return JobRequest(
+            **self.model_dump(exclude={"prompt", "negative_prompt", "seed"}),
+            prompt=self.prompts,
+            negative_prompt=negative,
+            seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        )
+
+
+class JobRequest(BaseModel):
+    """The normalised request stored with a job: what the worker runs, seed included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: list[str]
+    negative_prompt: list[str] | None = None
+    num_images_per_prompt: int
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    scheduler: Scheduler
+    seed: int
+    output_format: OutputFormat
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.prompt) * self.num_images_per_prompt
+
+    def image_seed(self, index: int) -> int:
+        """Seed of image ``index``: re-running its prompt alone with this seed reproduces it."""
+        return (self.seed + index) % (MAX_SEED + 1)
+
+    def prompt_index(self, index: int) -> int:
+        return index // self.num_images_per_prompt
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int
+    fraction: float = Field(description="step / total_steps, 0.0-1.0")
+
+
+class ImageResult(BaseModel):
+    key: str = Field(description="Object key in the bucket")
+    url: str | None = Field(None, description="Presigned GET URL")
+    expires_at: datetime | None = Field(None, description="When the presigned URL stops working")
+    width: int
+    height: int
+    seed: int = Field(description="Seed that reproduces this image alone")
+    prompt_index: int
+    content_type: str
+    nsfw_content_detected: bool = Field(
+        description="True when the safety checker flagged it; the stored image is then black"
+    )
+
+
+class JobResult(BaseModel):
+    images: list[ImageResult]
+    nsfw_content_detected: list[bool]
+    manifest_key: str = Field(description="Key of result.json beside the images")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Timings(BaseModel):
+    """Seconds, as measured by the worker."""
+
+    queue_s: float | None = None
+    inference_s: float | None = None
+    upload_s: float | None = None
+    total_s: float | None = None
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    queue_position: int | None = Field(
+        None, description="Jobs ahead of this one in its queue while queued (0 = next)"
+    )
+    request: JobRequest
+    metadata: dict[str, str] = Field(default_factory=dict)
+    result: JobResult | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    worker: str | None = Field(None, description="Worker that ran (or runs) the job")
+    timings: Timings = Field(default_factory=Timings)
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: object | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class WorkerPublic(BaseModel):
+    name: str
+    queue: str
+    model: str
+    device: str
+    state: Literal["loading", "idle", "busy"]
+    current_job: str | None = None
+    jobs_done: int = 0
+    pipeline_loads: int = 0
+    last_beat: datetime
+    started_at: datetime | None = None
+    gpu_name: str | None = None
+    gpu_memory_total_mb: int | None = None
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerPublic]
+
+
+class ComponentHealth(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, ComponentHealth]

@@ -1,0 +1,82 @@
+"""The one settings object. Every knob is an environment variable with the prefix ``SDQ_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_PRESIGN_TTL_S = 7 * 24 * 3600  # SigV4 presigned URLs cannot outlive 7 days
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the API, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="SDQ_", extra="ignore", frozen=True)
+
+    # --- Redis: broker and job store -------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = Field("sdq.jobs", description="Celery queue of generation jobs (one per model)")
+
+    # --- S3-compatible storage --------------------------------------------------------------
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Host that clients reach; presigned URLs are signed for it"
+    )
+    s3_bucket: str = "sdq"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_create_bucket: bool = Field(False, description="Create the bucket on start (dev)")
+    s3_max_attempts: int = Field(5, ge=1, description="botocore standard-mode attempts per call")
+    presign_ttl_s: int = Field(3600, ge=60, le=MAX_PRESIGN_TTL_S)
+
+    # --- model ------------------------------------------------------------------------------
+    model: str = Field("tiny", description="'tiny', a Hugging Face hub id, or a local path")
+    model_variant: str | None = Field(None, description="weights variant, e.g. 'fp16'")
+    device: str = Field("auto", description="'auto', 'cuda', 'cuda:1', 'cpu'")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    cache_dir: Path = Path.home() / ".cache" / "sdq"
+    png_compress_level: int = Field(6, ge=0, le=9)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+    # --- job lifecycle ----------------------------------------------------------------------
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long job records are kept")
+    job_time_limit_s: int = Field(900, ge=10, description="hard limit for one job")
+    visibility_timeout_s: int = Field(3600, description="broker redelivery of unacked jobs")
+    lease_ttl_s: float = Field(15.0, gt=0, description="worker lease on a running job")
+    max_attempts: int = Field(3, ge=1, description="deliveries before a job fails worker_lost")
+    progress_interval_s: float = Field(0.25, ge=0, description="progress write throttle")
+    model_load_timeout_s: int = Field(1800, ge=10, description="time to load the pipeline")
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+
+    # --- API --------------------------------------------------------------------------------
+    max_wait_s: float = Field(60.0, ge=0, description="cap on 'Prefer: wait=N'")
+    api_url: str = Field("http://127.0.0.1:8000", description="where the CLI reaches the API")
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _visibility_outlives_hard_limit(self) -> Settings:
+        # A job still running when the broker's visibility timeout passes is handed to a second
+        # worker; the hard time limit must end it first.
+        if self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError(
+                f"SDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"SDQ_JOB_TIME_LIMIT_S ({self.job_time_limit_s})"
+            )
+        return self
+
+    @property
+    def soft_time_limit_s(self) -> int:
+        """Soft limit: the job gets a chance to fail cleanly before the hard kill."""
+        return max(self.job_time_limit_s - 30, int(self.job_time_limit_s * 0.9))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings read once per process from the environment."""
+    return Settings()

@@ -1,0 +1,109 @@
+"""The Celery app of the GPU workers, its one task, and the per-process runtime.
+
+Start with ``sdq worker`` (one process per GPU, concurrency 1). The pipeline is loaded in the
+prefork child that runs jobs, when that child starts, so the parent never touches CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from functools import cache
+from typing import Any
+
+from celery import signals
+
+from common import keys
+from common.jobstore import JobStore
+from common.queue import make_celery
+from common.settings import get_settings
+from common.storage import Storage
+from worker.heartbeat import Heartbeat
+from worker.pipeline import PipelineHolder
+from worker.runner import JobRunner, WorkerState
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+app = make_celery(settings)
+_nodename = socket.gethostname()
+
+
+class Runtime:
+    """Everything one job-running process keeps between jobs."""
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.store = JobStore.from_url(
+            settings.redis_url,
+            job_ttl_s=settings.job_ttl_s,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+        )
+        self.storage = Storage(settings)
+        if settings.s3_create_bucket:
+            self.storage.ensure_bucket()
+        self.holder = PipelineHolder(settings)
+        self.state = WorkerState(name=f"{_nodename}:{os.getpid()}")
+        self.heartbeat = Heartbeat(
+            self.store.redis, self.state.name, settings.heartbeat_interval_s, self.snapshot
+        )
+        self.runner = JobRunner(
+            settings, self.store, self.storage, self.holder, self.state, self.heartbeat.poke
+        )
+
+    def start(self) -> None:
+        self.heartbeat.start()  # reports "loading" while the pipeline loads
+        self.holder.load()
+        self.heartbeat.poke()
+
+    def snapshot(self) -> dict[str, Any]:
+        if not self.holder.loaded:
+            state = "loading"
+        else:
+            state = "busy" if self.state.current_job else "idle"
+        return {
+            "queue": settings.queue,
+            "model": settings.model,
+            "device": self.holder.device,
+            "dtype": self.holder.dtype,
+            "state": state,
+            "current_job": self.state.current_job,
+            "jobs_done": self.state.jobs_done,
+            "pipeline_loads": self.holder.loads,
+            "started_at": repr(self.started_at),
+            "pid": os.getpid(),
+            **self.holder.gpu_info(),
+        }
+
+
+@cache
+def runtime() -> Runtime:
+    rt = Runtime()
+    rt.start()
+    return rt
+
+
+@app.task(name=keys.TASK_GENERATE)
+def generate(job_id: str) -> None:
+    """Generate the images of one job. Deliveries may repeat; the runner makes them harmless."""
+    runtime().runner.run(job_id)
+
+
+@signals.celeryd_init.connect
+def _remember_nodename(sender: str | None = None, **_: Any) -> None:
+    global _nodename
+    if sender:
+        _nodename = sender
+
+
+@signals.worker_process_init.connect
+def _load_pipeline(**_: Any) -> None:
+    runtime()
+
+
+@signals.worker_process_shutdown.connect
+def _say_goodbye(**_: Any) -> None:
+    if runtime.cache_info().currsize:
+        runtime().heartbeat.stop()
