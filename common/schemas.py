@@ -13,7 +13,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 
 MAX_PROMPTS = 16
@@ -114,13 +115,15 @@ class JobCreate(BaseModel):
         description="Small string map echoed back with the job",
     )
 
-    @model_validator(mode="after")
-    def _negative_prompt_matches(self) -> JobCreate:
-        if isinstance(self.negative_prompt, list) and len(self.negative_prompt) != len(
-            self.prompts
-        ):
-            raise ValueError("negative_prompt list must have one entry per prompt")
-        return self
+    @field_validator("negative_prompt")
+    @classmethod
+    def _one_negative_per_prompt(cls, negative: object, info: ValidationInfo) -> object:
+        prompt = info.data.get("prompt")
+        if isinstance(negative, list) and isinstance(prompt, list) and len(negative) != len(prompt):
+            raise ValueError(f"a list needs one entry per prompt ({len(prompt)})")
+        if isinstance(negative, list) and isinstance(prompt, str) and len(negative) != 1:
+            raise ValueError("a list needs one entry per prompt (1)")
+        return negative
 
     @property
     def prompts(self) -> list[str]:

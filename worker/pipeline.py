@@ -81,7 +81,7 @@ class PipelineHolder:
         dtype = self._resolve_dtype(torch, device)
         started = time.perf_counter()
         pipe = StableDiffusionPipeline.from_pretrained(
-            self.model_path(), torch_dtype=dtype, variant=self.settings.model_variant
+            self.model_path(), dtype=dtype, variant=self.settings.model_variant
         )
         pipe = pipe.to(device)
         if device.startswith("cuda"):
