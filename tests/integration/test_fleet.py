@@ -30,7 +30,7 @@ def test_two_workers_drain_twenty_jobs_exactly_once(
     second = start_worker(sdq_env, "w2@sdq-test", logs, redis_client)
     try:
         jobs = [
-            submit(client, prompt=f"fleet {n}", width=128, height=128, num_inference_steps=15)
+            submit(client, prompt=f"fleet {n}", width=128, height=128, num_inference_steps=6)
             for n in range(20)
         ]
         finished = [wait_job(client, job["id"], timeout_s=120) for job in jobs]
