@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from api.deps import Services
 from api.errors import ApiError
-from common import keys
+from common import keys, metrics
 from common.jobstore import IdempotencyConflict, JobNotFound, JobRecord, fingerprint
 from common.schemas import JobCreate, JobStatus
 
@@ -42,6 +42,7 @@ def submit(
         except Exception:
             store.discard(job_id, tenant=tenant, idempotency_key=idempotency_key)
             raise
+        metrics.JOBS_SUBMITTED.labels(queue=settings.queue).inc()
         log.info("job %s queued on %s", job_id, settings.queue)
     return store.get(job_id)
 
@@ -56,6 +57,8 @@ def load(services: Services, tenant: str, job_id: str) -> JobRecord:
 def cancel(services: Services, tenant: str, job_id: str) -> JobRecord:
     record = load(services, tenant, job_id)
     outcome = services.store.cancel(record.id)
+    if outcome == "canceled":  # it never reached a worker, which would have counted it
+        metrics.job_finished(record.queue, JobStatus.CANCELED)
     if outcome in {"canceled", "requested", JobStatus.CANCELED.value}:
         return services.store.get(job_id)
     if outcome == "missing":

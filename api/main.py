@@ -11,7 +11,9 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.routes import health, jobs
+from api.metrics import HttpMetricsMiddleware
+from api.routes import events, health, jobs, metrics
+from api.routes.web import install_web
 from common.jobstore import JobStore
 from common.queue import JobQueue, make_celery
 from common.settings import Settings, get_settings
@@ -55,6 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    install_web(app)
     return app

@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 
+from cli.events import ProgressBar, follow_job
+
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
-BAR_WIDTH = 30
 
 
 class Client:
@@ -67,14 +68,12 @@ class Client:
         return self._download(job, Path(args.out))
 
     def _follow(self, job_id: str) -> dict[str, Any]:
-        """Poll the job, drawing a progress bar on stderr, until it ends."""
-        while True:
-            job = self.http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-            _draw(job)
-            if job["status"] in TERMINAL:
-                print(file=sys.stderr)
-                return job
-            time.sleep(0.2)
+        """Follow the job's Server-Sent Events, drawing its progress bar on stderr, to the end."""
+        bar = ProgressBar(f"job {job_id[:8]}")
+        try:
+            return follow_job(self.http, job_id, bar.update)
+        finally:
+            bar.close()
 
     def _download(self, job: dict[str, Any], folder: Path) -> int:
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,19 +97,6 @@ class Client:
             return _fail(response)
         print(json.dumps(response.json(), indent=2))
         return 0
-
-
-def _draw(job: dict[str, Any]) -> None:
-    progress = job["progress"]
-    filled = int(BAR_WIDTH * progress["fraction"])
-    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    where = f" (position {job['queue_position']})" if job.get("queue_position") is not None else ""
-    print(
-        f"\r[{bar}] {progress['step']}/{progress['total_steps']} {job['status']}{where}   ",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def _fail(response: httpx.Response) -> int:

@@ -43,6 +43,19 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_check(args: argparse.Namespace) -> int:
+    from worker.liveness import check, node_name
+
+    problems, summary = check(
+        get_settings(), node_name(args.node), ready=args.ready, ping_timeout_s=args.timeout
+    )
+    for problem in problems:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"ok: {summary}")
+    return 1 if problems else 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from cli.up import run_stack
 
@@ -87,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", help=f"comma-separated queues (default {settings.queue})")
     p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser(
+        "worker-check", help="exit 0 if a worker is consuming (a liveness or startup probe)"
+    )
+    p.add_argument("--node", default="celery@%h", help="Celery node name, e.g. gpu0@%%h")
+    p.add_argument("--ready", action="store_true", help="also require the pipeline loaded")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the ping")
+    p.set_defaults(func=_worker_check)
 
     p = sub.add_parser("up", help="run a local stack: Redis, S3, a worker and the API")
     p.add_argument("--host", default="127.0.0.1")

@@ -47,6 +47,11 @@ def pending(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:pending"
 
 
+def queues() -> str:
+    """Set: names of the Celery queues workers consume (the API reports the depth of each)."""
+    return f"{PREFIX}:queues"
+
+
 def sequence() -> str:
     """Counter: monotonically increasing submission sequence."""
     return f"{PREFIX}:seq"

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0)
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
 
+    # --- operations -------------------------------------------------------------------------
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus port of a worker process (0: off)"
+    )
+
     # --- API --------------------------------------------------------------------------------
     max_wait_s: float = Field(60.0, ge=0, description="cap on 'Prefer: wait=N'")
     api_url: str = Field("http://127.0.0.1:8000", description="where the CLI reaches the API")

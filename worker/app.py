@@ -20,6 +20,7 @@ from common.jobstore import JobStore
 from common.queue import make_celery
 from common.settings import get_settings
 from common.storage import Storage
+from worker import metrics as _metrics  # noqa: F401 - its signal handlers run before ours
 from worker.heartbeat import Heartbeat
 from worker.pipeline import PipelineHolder
 from worker.runner import JobRunner, WorkerState
