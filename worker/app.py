@@ -16,12 +16,11 @@ from typing import Any
 from celery import signals
 
 from common import keys
-from common.jobstore import JobStore
 from common.queue import make_celery
 from common.settings import get_settings
 from common.storage import Storage
-from worker import metrics as _metrics  # noqa: F401 - its signal handlers run before ours
 from worker.heartbeat import Heartbeat
+from worker.metrics import MeteredJobStore  # its signal handlers run before ours
 from worker.pipeline import PipelineHolder
 from worker.runner import JobRunner, WorkerState
 
@@ -37,7 +36,7 @@ class Runtime:
 
     def __init__(self) -> None:
         self.started_at = time.time()
-        self.store = JobStore.from_url(
+        self.store = MeteredJobStore.from_url(
             settings.redis_url,
             job_ttl_s=settings.job_ttl_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,

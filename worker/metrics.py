@@ -1,14 +1,17 @@
-"""A worker's Prometheus endpoint, fed by Celery signals around each job.
+"""A worker's Prometheus endpoint and what feeds it.
 
-The job record in Redis is the truth about a job, so the hooks read it rather than reach into the
-runner: before the task the job's status is noted, after it the record says whether this delivery
-ended the job and with what timings, images and NSFW flags. Imported by :mod:`worker.app` before
-it connects its own handlers, so the endpoint is up (reporting ``sdq_worker_ready 0``) while the
-pipeline loads.
+Job outcomes are counted where they happen: :class:`MeteredJobStore` is the job store of the
+worker's runtime, and counts every terminal transition it makes (the runner finishing a job,
+from whichever thread and for whichever job of a micro-batch; a job whose attempts ran out or
+whose deadline passed; the reaper's verdicts), with the job's timings, image count and NSFW
+flags. Counting at the task boundary instead would miss jobs that finish after their task
+returned (uploads overlap the next generation) and the companions of a batch, which never had a
+task of their own. Celery signals keep ``sdq_worker_busy`` and start the endpoint.
 
 The endpoint is served by the prefork child that runs the jobs, on ``SDQ_WORKER_METRICS_PORT``
-(0: off). One Celery worker runs one child (concurrency 1), so each worker process needs its own
-port: one per container or pod, or one per GPU on a bare host.
+(0: off), from when that child starts (``sdq_worker_ready`` is 0 while the pipeline loads). One
+Celery worker runs one child (concurrency 1), so each worker process needs its own port: one
+per container or pod, or one per GPU on a bare host.
 """
 
 from __future__ import annotations
@@ -22,27 +25,60 @@ from prometheus_client import start_http_server
 
 from common import keys
 from common import metrics as m
-from common.jobstore import JobNotFound, JobRecord, JobStore
-from common.schemas import JobStatus
+from common.jobstore import JobStore, StartOutcome
+from common.schemas import JobResult, JobStatus, Timings
 from common.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# task id -> the job's status before the run
-_before: dict[str, str | None] = {}
-_store: JobStore | None = None
 
+class MeteredJobStore(JobStore):
+    """The job store, counting the terminal transitions this process makes."""
 
-def _job_store() -> JobStore:
-    global _store
-    if _store is None:  # one per process: a client must not cross a fork
-        settings = get_settings()
-        _store = JobStore.from_url(
-            settings.redis_url,
-            job_ttl_s=settings.job_ttl_s,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-        )
-    return _store
+    def start(self, job_id: str, *args: Any, **kwargs: Any) -> StartOutcome:
+        outcome = super().start(job_id, *args, **kwargs)
+        if outcome.verdict == "exhausted":  # delivered too often: failed worker_lost
+            self._count(job_id, JobStatus.FAILED)
+        elif outcome.verdict == "expired":  # its deadline passed while it waited
+            self._count(job_id, JobStatus.EXPIRED)
+        return outcome
+
+    def finish(self, job_id: str, status: JobStatus, *args: Any, **kwargs: Any) -> bool:
+        done = super().finish(job_id, status, *args, **kwargs)
+        if done:
+            self._count(job_id, status, kwargs.get("timings"), kwargs.get("result"))
+        return done
+
+    def transition(self, job_id: str, status: JobStatus, *args: Any, **kwargs: Any) -> bool:
+        done = super().transition(job_id, status, *args, **kwargs)
+        if done and status.is_terminal:
+            self._count(job_id, status)
+        return done
+
+    def requeue_orphan(self, job_id: str, *args: Any, **kwargs: Any) -> str:
+        outcome = super().requeue_orphan(job_id, *args, **kwargs)
+        if outcome == "failed":  # its worker vanished and it had no attempts left
+            self._count(job_id, JobStatus.FAILED)
+        return outcome
+
+    def expire_overdue(self, *args: Any, **kwargs: Any) -> list[str]:
+        expired = super().expire_overdue(*args, **kwargs)
+        for job_id in expired:
+            self._count(job_id, JobStatus.EXPIRED)
+        return expired
+
+    def _count(
+        self,
+        job_id: str,
+        status: JobStatus,
+        timings: Timings | None = None,
+        result: JobResult | None = None,
+    ) -> None:
+        try:
+            queue = self.redis.hget(keys.job(job_id), "queue") or ""
+        except redis.RedisError:
+            queue = ""  # still count the outcome; only its queue label is unknown
+        m.job_finished(queue, status, timings=timings, result=result)
 
 
 def _pipeline_loaded() -> float:
@@ -52,33 +88,6 @@ def _pipeline_loaded() -> float:
         return 1.0 if worker_app.runtime.cache_info().currsize else 0.0
     except AttributeError:
         return 0.0
-
-
-def _worker_name() -> str | None:
-    from worker import app as worker_app
-
-    try:
-        if worker_app.runtime.cache_info().currsize:
-            return worker_app.runtime().state.name
-    except AttributeError:
-        pass
-    return None
-
-
-def ended_here(before: str | None, record: JobRecord, worker_name: str | None) -> bool:
-    """Whether the delivery that just ran moved the job to its terminal status.
-
-    A duplicate delivery that waited on another worker's lease sees the job end too; it must not
-    count it. A job whose attempts ran out ends in the delivery that finds it so, though its
-    ``worker`` still names the process that died.
-    """
-    if not record.status.is_terminal:
-        return False
-    if before is None or JobStatus(before).is_terminal:
-        return False  # it had ended before this delivery
-    if record.worker is None or worker_name is None or record.worker == worker_name:
-        return True
-    return record.error is not None and record.error.code == "worker_lost"
 
 
 @signals.worker_process_init.connect
@@ -113,26 +122,12 @@ def _register_queues(sender: Any = None, **_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _job_starts(task_id: str = "", task: Any = None, args: Any = None, **_: Any) -> None:
-    if getattr(task, "name", None) != keys.TASK_GENERATE or not args:
-        return
-    m.WORKER_BUSY.set(1)
-    try:
-        status = _job_store().redis.hget(keys.job(args[0]), "status")
-    except redis.RedisError:
-        status = None
-    _before[task_id] = status
+def _task_starts(task: Any = None, **_: Any) -> None:
+    if getattr(task, "name", None) == keys.TASK_GENERATE:
+        m.WORKER_BUSY.set(1)
 
 
 @signals.task_postrun.connect
-def _job_ran(task_id: str = "", task: Any = None, args: Any = None, **_: Any) -> None:
-    if getattr(task, "name", None) != keys.TASK_GENERATE or not args:
-        return
-    m.WORKER_BUSY.set(0)
-    before = _before.pop(task_id, None)
-    try:
-        record = _job_store().get(args[0])
-    except (JobNotFound, redis.RedisError):
-        return
-    if ended_here(before, record, _worker_name()):
-        m.job_finished(record.queue, record.status, timings=record.timings, result=record.result)
+def _task_ran(task: Any = None, **_: Any) -> None:
+    if getattr(task, "name", None) == keys.TASK_GENERATE:
+        m.WORKER_BUSY.set(0)
