@@ -7,23 +7,29 @@ import logging
 
 import redis.asyncio as aioredis
 
+from api import admission
 from api.deps import Services
 from api.errors import ApiError
 from common import keys, metrics
 from common.jobstore import IdempotencyConflict, JobNotFound, JobRecord, fingerprint
+from common.logs import bind, prompt_summary
 from common.schemas import JobCreate, JobStatus
 
 log = logging.getLogger(__name__)
+
+WAIT_SLICE_S = 2.0  # longest single blocking read while waiting for a job
 
 
 def submit(
     services: Services, tenant: str, body: JobCreate, idempotency_key: str | None
 ) -> JobRecord:
-    """Store the job, then put it on the queue. Nothing is stored that was not enqueued."""
+    """Admit, store, then put it on the queue. Nothing is stored that was not enqueued."""
     settings, store = services.settings, services.store
+    request = body.normalised()
+    admission.admit(store, settings, services.content_policy, tenant, request)
     try:
         job_id, created = store.create(
-            body.normalised(),
+            request,
             tenant=tenant,
             queue=settings.queue,
             idempotency_key=idempotency_key,
@@ -42,8 +48,15 @@ def submit(
         except Exception:
             store.discard(job_id, tenant=tenant, idempotency_key=idempotency_key)
             raise
+        admission.track_queued(store, tenant, [job_id], settings.job_ttl_s)
         metrics.JOBS_SUBMITTED.labels(queue=settings.queue).inc()
-        log.info("job %s queued on %s", job_id, settings.queue)
+        bind(job_id=job_id)
+        log.info(
+            "job %s queued on %s",
+            job_id,
+            settings.queue,
+            extra={"prompts": prompt_summary(request.prompt, settings)},
+        )
     return store.get(job_id)
 
 
@@ -86,11 +99,12 @@ async def wait_until_finished(client: aioredis.Redis, job_id: str, timeout_s: fl
     deadline = loop.time() + timeout_s
     stream, last_id = keys.job_events(job_id), "0"
     while (remaining := deadline - loop.time()) > 0:
-        answer = await client.xread(
-            {stream: last_id}, block=max(1, int(remaining * 1000)), count=100
-        )
+        # Short blocks: one long XREAD BLOCK outlives the client's socket timeout (redis-py's
+        # asyncio client reads with a 5 s timeout), which would turn a long wait into a 503.
+        block_ms = max(1, int(min(remaining, WAIT_SLICE_S) * 1000))
+        answer = await client.xread({stream: last_id}, block=block_ms, count=100)
         if not answer:
-            return False
+            continue
         for entry_id, fields in answer[0][1]:
             last_id = entry_id
             if fields.get("type") == "status" and JobStatus(fields["status"]).is_terminal:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.metrics import HttpMetricsMiddleware
+from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routes import events, health, jobs, metrics
 from api.routes.web import install_web
 from common.jobstore import JobStore
@@ -58,6 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        larger={"/v1/batches": settings.max_upload_bytes},  # CSV/JSONL uploads
+    )
+    app.add_middleware(RequestContextMiddleware)  # outermost: its log line sees every answer
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(health.router)

@@ -17,8 +17,9 @@ TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
 
 class Client:
-    def __init__(self, api_url: str) -> None:
-        self.http = httpx.Client(base_url=api_url, timeout=30)
+    def __init__(self, api_url: str, api_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=api_url, timeout=30, headers=headers)
 
     def wait_ready(self, timeout_s: float) -> int:
         """Until the API is ready and a worker has its pipeline loaded."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from cli import keys
+from common.logs import configure_logging
 from common.schemas import OutputFormat, Scheduler
 from common.settings import get_settings
 
@@ -19,6 +20,8 @@ def _api(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=get_settings().log_level.lower(),
+        log_config=None,  # the root logger's JSON handler (common.logs) formats uvicorn's too
+        access_log=False,  # api.middleware writes access lines, with tenant and job id
         proxy_headers=True,
     )
     return 0
@@ -65,25 +68,25 @@ def _up(args: argparse.Namespace) -> int:
 def _ready(args: argparse.Namespace) -> int:
     from cli.client import Client
 
-    return Client(args.api_url).wait_ready(args.timeout)
+    return Client(args.api_url, args.api_key).wait_ready(args.timeout)
 
 
 def _submit(args: argparse.Namespace) -> int:
     from cli.client import Client
 
-    return Client(args.api_url).submit(args)
+    return Client(args.api_url, args.api_key).submit(args)
 
 
 def _status(args: argparse.Namespace) -> int:
     from cli.client import Client
 
-    return Client(args.api_url).show(args.job_id)
+    return Client(args.api_url, args.api_key).show(args.job_id)
 
 
 def _cancel(args: argparse.Namespace) -> int:
     from cli.client import Client
 
-    return Client(args.api_url).cancel(args.job_id)
+    return Client(args.api_url, args.api_key).cancel(args.job_id)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,10 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--data-dir", default=".sdq", help="where Redis and S3 keep their data")
+    p.add_argument("--auth", action="store_true", help="keep API keys required (default: auth off)")
     p.set_defaults(func=_up)
+
+    keys.add_parser(sub)
 
     client_args = argparse.ArgumentParser(add_help=False)
     client_args.add_argument("--api-url", default=settings.api_url)
+    client_args.add_argument(
+        "--api-key",
+        default=settings.api_key.get_secret_value() if settings.api_key else None,
+        help="API key to send (default SDQ_API_KEY)",
+    )
 
     p = sub.add_parser("ready", parents=[client_args], help="wait for the API and a worker")
     p.add_argument("--timeout", type=float, default=300)
@@ -149,11 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # httpx logs every URL at INFO, presigned signatures included.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(get_settings())
     args = build_parser().parse_args(argv)
     return args.func(args)
 

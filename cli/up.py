@@ -48,6 +48,10 @@ def run_stack(args: argparse.Namespace) -> int:
                 SDQ_S3_SECRET_ACCESS_KEY=DEV_S3_SECRET,
             )
         env.setdefault("SDQ_S3_CREATE_BUCKET", "true")
+        # A local stack: development mode, and (unless --auth) no API keys. Said out loud at
+        # start, because production refuses both.
+        env.setdefault("SDQ_ENV", "dev")
+        env["SDQ_AUTH_ENABLED"] = "true" if args.auth else "false"
         env.setdefault("SDQ_MODEL", "tiny")
         logs = data_dir / "logs"
         for n in range(args.workers):
@@ -100,9 +104,17 @@ def _report(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> No
                 f"  Redis     {env['SDQ_REDIS_URL']}",
                 f"  S3        {env['SDQ_S3_ENDPOINT_URL']}  bucket {bucket}",
                 f"  model     {env['SDQ_MODEL']}  ({args.workers} worker(s))",
+                f"  auth      {_auth_line(args, env)}",
                 f"  data      {data_dir}   logs in {data_dir / 'logs'}",
                 f"  try:      sdq submit --api-url {api} --wait 'an astronaut riding a horse'",
             ]
         ),
         flush=True,
     )
+
+
+def _auth_line(args: argparse.Namespace, env: dict[str, str]) -> str:
+    if args.auth:
+        create = f"SDQ_REDIS_URL={env['SDQ_REDIS_URL']} sdq keys create --tenant NAME"
+        return f"ON: send 'Authorization: Bearer <key>'; make a key with: {create}"
+    return "OFF (local development; every request acts as tenant 'default'; --auth keeps it on)"

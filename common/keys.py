@@ -65,3 +65,26 @@ def worker(name: str) -> str:
 def workers() -> str:
     """Sorted set: worker names scored by the time of their last beat (epoch seconds)."""
     return f"{PREFIX}:workers"
+
+# --- security and tenancy (common/apikeys.py, api/ratelimit.py, api/admission.py) -------------
+
+
+def api_key(key_id: str) -> str:
+    """Hash: one API key — tenant, SHA-256 of the key (never the key), limits. No TTL."""
+    return f"{PREFIX}:apikey:{key_id}"
+
+
+def api_keys() -> str:
+    """Set: the ids of every API key, revoked ones included (listing)."""
+    return f"{PREFIX}:apikeys"
+
+
+def rate_bucket(key_id: str) -> str:
+    """Hash: token bucket of an API key (tokens, last refill). TTL: time to refill, plus 1 s."""
+    return f"{PREFIX}:ratelimit:{key_id}"
+
+
+def tenant_queued(tenant: str) -> str:
+    """Sorted set: a tenant's job ids that may still be queued (per-tenant queue cap); pruned
+    of the ones that left the queue on every check. TTL: settings.job_ttl_s."""
+    return f"{PREFIX}:tenant:{tenant}:queued"

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.schemas import MAX_IMAGES_PER_PROMPT, MAX_PROMPT_CHARS, MAX_PROMPTS
 
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600  # SigV4 presigned URLs cannot outlive 7 days
+
+# Secrets anyone can look up: sdq's own development S3 secret (cli/services.py), MinIO's and
+# common placeholders. SDQ_ENV=production refuses every secret setting that holds one.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {"", "sdq-dev-secret", "minioadmin", "changeme", "change-me", "secret", "password"}
+)
 
 
 class Settings(BaseSettings):
     """Configuration shared by the API, the workers and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="SDQ_", extra="ignore", frozen=True)
+    # Inputs stay out of error messages: a refused configuration must not print its secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="SDQ_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # --- Redis: broker and job store -------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -63,6 +74,60 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(60.0, ge=0, description="cap on 'Prefer: wait=N'")
     api_url: str = Field("http://127.0.0.1:8000", description="where the CLI reaches the API")
     log_level: str = "INFO"
+
+    # --- security, tenancy and limits (README: "Security and multi-tenancy") ----------------
+    # Production is the default so that a deployment that forgets SDQ_ENV fails closed; only
+    # local tooling (`sdq up`, the tests) says SDQ_ENV=dev.
+    env: Literal["dev", "production"] = Field(
+        "production", description="'production' refuses auth off and well-known secrets"
+    )
+    auth_enabled: bool = Field(True, description="require 'Authorization: Bearer <api key>'")
+    api_key: SecretStr | None = Field(None, description="API key the sdq CLI sends")
+    rate_limit_per_s: float = Field(10.0, gt=0, description="requests per second per key")
+    rate_limit_burst: int = Field(40, ge=1, description="requests a key may make at once")
+    max_queued_per_tenant: int = Field(1000, ge=1, description="queued jobs per tenant")
+    max_queued_total: int = Field(10_000, ge=1, description="queued jobs in SDQ_QUEUE")
+    queue_full_retry_after_s: int = Field(10, ge=1, description="Retry-After of 'queue full'")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body cap (413)")
+    max_upload_bytes: int = Field(64 << 20, ge=1024, description="body cap of /v1/batches")
+    max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS)
+    max_prompts_per_job: int = Field(MAX_PROMPTS, ge=1, le=MAX_PROMPTS)
+    max_images_per_job: int = Field(16, ge=1, le=MAX_PROMPTS * MAX_IMAGES_PER_PROMPT)
+    max_pixels_per_job: int = Field(
+        16 * 512 * 512, ge=64 * 64, description="width x height x images of one job"
+    )
+    content_policy_terms: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated words or phrases refused in prompts"
+    )
+    content_policy_hook: str | None = Field(
+        None, description="'module:function' called with (prompts, tenant) -> reason or None"
+    )
+    log_format: Literal["json", "text"] = "json"
+    log_prompts: bool = Field(False, description="write full prompts into the logs")
+
+    @field_validator("content_policy_terms", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(term.strip() for term in value.split(",") if term.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_locked_down(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = [] if self.auth_enabled else ["SDQ_AUTH_ENABLED is false"]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value() in KNOWN_DEFAULT_SECRETS:
+                problems.append(f"SDQ_{name.upper()} is a well-known default value")
+        if problems:
+            raise ValueError(
+                "refusing to run with SDQ_ENV=production: "
+                + "; ".join(problems)
+                + " (set SDQ_ENV=dev for local development)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _visibility_outlives_hard_limit(self) -> Settings:

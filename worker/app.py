@@ -13,9 +13,11 @@ import time
 from functools import cache
 from typing import Any
 
+import redis
 from celery import signals
 
 from common import keys
+from common.logs import configure_logging, log_context
 from common.queue import make_celery
 from common.settings import get_settings
 from common.storage import Storage
@@ -88,7 +90,22 @@ def runtime() -> Runtime:
 @app.task(name=keys.TASK_GENERATE)
 def generate(job_id: str) -> None:
     """Generate the images of one job. Deliveries may repeat; the runner makes them harmless."""
-    runtime().runner.run(job_id)
+    with log_context(job_id=job_id, tenant=_tenant_of(job_id)):
+        runtime().runner.run(job_id)
+
+
+def _tenant_of(job_id: str) -> str | None:
+    """For the log lines of the job; the runner deals with Redis being away, not this."""
+    try:
+        return runtime().store.redis.hget(keys.job(job_id), "tenant")
+    except redis.RedisError:
+        return None
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    # Connected, so Celery leaves logging alone: sdq's redacting JSON handler stays in place.
+    configure_logging(settings)
 
 
 @signals.celeryd_init.connect

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, get_tenant
 from api.errors import RETRY_AFTER_UNAVAILABLE_S
 from common import keys
 from common.schemas import ComponentHealth, Readiness, WorkerList, WorkerPublic
@@ -67,7 +67,13 @@ def _worker(raw: dict[str, str]) -> WorkerPublic:
     )
 
 
-@router.get("/v1/workers", response_model=WorkerList, tags=["workers"])
+# Worker names, hosts and GPUs are not for the whole internet: any valid API key may look.
+@router.get(
+    "/v1/workers",
+    response_model=WorkerList,
+    tags=["workers"],
+    dependencies=[Depends(get_tenant)],
+)
 def list_workers(services: ServicesDep) -> WorkerList:
     """Live workers: model, device, idle/busy, current job, jobs done, last heartbeat."""
     client = services.store.redis

@@ -17,8 +17,10 @@ from common.schemas import ErrorResponse, JobCreate, JobList, JobPublic, JobStat
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _ERRORS = {
+    401: {"model": ErrorResponse, "description": "Missing, unknown or revoked API key"},
     404: {"model": ErrorResponse, "description": "No such job"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
+    429: {"model": ErrorResponse, "description": "Rate limited or queue full (Retry-After)"},
     503: {"model": ErrorResponse, "description": "Redis or storage unavailable"},
 }
 
