@@ -1,5 +1,10 @@
 """Session fixtures: a real redis-server, a real rclone S3 server, the tiny model, a real worker
-process and a real API process. Started once; tests use their own jobs and never flush."""
+process and a real API process. Started once; tests use their own jobs and never flush.
+
+Auth is on, as in production: `client` sends the session's API key (tenant "tests"); an
+in-process app needs it too: ``TestClient(create_app(settings...), headers=auth_headers)``.
+For an app on another Redis, ``tests.helpers.create_key_headers(redis_client)``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import redis
 from cli.services import DEV_S3_KEY, DEV_S3_SECRET, Service, start_redis, start_s3
 from common.settings import Settings
 from common.storage import Storage
-from tests.helpers import child_env, start_api, start_worker
+from tests.helpers import child_env, create_key_headers, start_api, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +73,12 @@ def sdq_env(redis_server: Service, s3_server: Service, model_cache: Path) -> dic
         SDQ_HEARTBEAT_INTERVAL_S="1",
         SDQ_LEASE_TTL_S="5",
         SDQ_LOG_LEVEL="INFO",
+        # dev: the S3 secret above is the well-known development one, which production refuses.
+        SDQ_ENV="dev",
+        SDQ_AUTH_ENABLED="true",
+        # Tests poll fast; the rate limit has its own tests with keys of their own rates.
+        SDQ_RATE_LIMIT_PER_S="1000",
+        SDQ_RATE_LIMIT_BURST="1000",
     )
 
 
@@ -107,8 +118,17 @@ def api_server(sdq_env: dict[str, str], logs: Path, storage: Storage) -> Iterato
     service.stop()
 
 
+@pytest.fixture(scope="session")
+def auth_headers(redis_client: redis.Redis) -> dict[str, str]:
+    """``Authorization`` of an API key of tenant "tests" in the session's Redis."""
+    return create_key_headers(redis_client, tenant="tests")
+
+
 @pytest.fixture
-def client(api_server: Service, worker: Service) -> Iterator[httpx.Client]:
-    """HTTP client of the real API, with a worker serving its queue."""
-    with httpx.Client(base_url=api_server.extra["url"], timeout=30) as http:
+def client(
+    api_server: Service, worker: Service, auth_headers: dict[str, str]
+) -> Iterator[httpx.Client]:
+    """HTTP client of the real API (sending the session's API key), with a worker serving its
+    queue."""
+    with httpx.Client(base_url=api_server.extra["url"], timeout=30, headers=auth_headers) as http:
         yield http

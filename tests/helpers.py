@@ -13,6 +13,7 @@ import redis
 
 from cli.services import Service, free_port, sdq_command, spawn, wait_for_port
 from common import keys
+from common.apikeys import ApiKeys
 
 T = TypeVar("T")
 
@@ -92,3 +93,9 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SDQ_")}
     env.update(overrides)
     return env
+
+
+def create_key_headers(client: redis.Redis, tenant: str = "tests", **limits: Any) -> dict[str, str]:
+    """A new API key of ``tenant`` in that Redis, as the header that sends it."""
+    key = ApiKeys(client).create(tenant, name="tests", **limits).key
+    return {"Authorization": f"Bearer {key}"}

@@ -12,11 +12,13 @@ from common.settings import Settings
 from common.storage import Storage
 
 
-def test_readyz_follows_redis(settings: Settings, storage: Storage, tmp_path: Path) -> None:
+def test_readyz_follows_redis(
+    settings: Settings, storage: Storage, tmp_path: Path, auth_headers: dict[str, str]
+) -> None:
     own = start_redis(tmp_path / "redis")
     app = create_app(settings.model_copy(update={"redis_url": own.extra["url"]}))
     try:
-        with TestClient(app) as http:
+        with TestClient(app, headers=auth_headers) as http:
             assert http.get("/readyz").status_code == 200
             own.stop()
             down = http.get("/readyz")

@@ -18,8 +18,9 @@ VALID = {"prompt": "a cat", "width": 64, "height": 64, "num_inference_steps": 1}
 
 
 @pytest.fixture(scope="module")
-def http(settings: Settings, storage) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"queue": QUEUE}))) as client:
+def http(settings: Settings, storage, auth_headers: dict[str, str]) -> Iterator[TestClient]:
+    app = create_app(settings.model_copy(update={"queue": QUEUE}))
+    with TestClient(app, headers=auth_headers) as client:
         yield client
 
 

@@ -55,6 +55,7 @@ def test_flagged_images_are_blacked_out(
     redis_client: redis.Redis,
     storage: Storage,
     model_cache: Path,
+    auth_headers: dict[str, str],
 ) -> None:
     from worker.tiny import ensure_tiny_model
 
@@ -63,7 +64,7 @@ def test_flagged_images_are_blacked_out(
     flagger = start_worker(env, "flagger@sdq-test", logs, redis_client)
     app = create_app(settings.model_copy(update={"queue": "sdq.flagging"}))
     try:
-        with TestClient(app) as http:
+        with TestClient(app, headers=auth_headers) as http:
             job = submit(http, prompt=["one", "two"], seed=5)
             job = wait_job(http, job["id"])
     finally:
