@@ -23,3 +23,14 @@ if ! command -v redis-server >/dev/null; then
     exit 1
   fi
 fi
+
+# The web page is tested in a real headless browser: Debian's chromium, driven by Playwright
+# (the playwright pip package, a dev dependency; it never downloads a browser of its own).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: install it (e.g. apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
