@@ -51,7 +51,7 @@ class MeteredJobStore(JobStore):
 
     def transition(self, job_id: str, status: JobStatus, *args: Any, **kwargs: Any) -> bool:
         done = super().transition(job_id, status, *args, **kwargs)
-        if done and status.is_terminal:
+        if done and JobStatus(status).is_terminal:
             self._count(job_id, status)
         return done
 
@@ -78,7 +78,10 @@ class MeteredJobStore(JobStore):
             queue = self.redis.hget(keys.job(job_id), "queue") or ""
         except redis.RedisError:
             queue = ""  # still count the outcome; only its queue label is unknown
-        m.job_finished(queue, status, timings=timings, result=result)
+        try:
+            m.job_finished(queue, JobStatus(status), timings=timings, result=result)
+        except Exception:  # a metric must never cost a job its outcome
+            log.exception("could not count the end of job %s", job_id)
 
 
 def _pipeline_loaded() -> float:
