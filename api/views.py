@@ -40,6 +40,7 @@ def job_public(record: JobRecord, store: JobStore, storage: Storage) -> JobPubli
         queue_position=store.queue_position(record),
         request=record.request,
         metadata=record.request.metadata,
+        batch_id=record.batch_id,
         result=result,
         error=record.error,
         attempts=record.attempts,

@@ -33,7 +33,9 @@ def _worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     argv = [
         "worker",
-        f"--queues={args.queues or settings.queue}",
+        # Interactive first: with the "priority" queue order, batch jobs run only when no
+        # interactive job waits.
+        f"--queues={args.queues or f'{settings.queue},{settings.batch_queue_name}'}",
         "--concurrency=1",  # one process per GPU
         "--pool=prefork",  # the pipeline lives in the child; a crash there loses no message
         "--without-mingle",
@@ -100,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_api)
 
     p = sub.add_parser("worker", help="run a GPU worker (one per GPU)")
-    p.add_argument("--queues", help=f"comma-separated queues (default {settings.queue})")
+    p.add_argument(
+        "--queues",
+        help=f"comma-separated queues, first served first (default "
+        f"{settings.queue},{settings.batch_queue_name})",
+    )
     p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
     p.set_defaults(func=_worker)
 

@@ -29,7 +29,7 @@ _TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES
 
 # KEYS: job, events, tenant_jobs, pending, seq, idempotency ('' for none)
 # ARGV: id, tenant, queue, created_at, request_json, total_steps, job_ttl, fingerprint, idem_ttl,
-#       events_maxlen
+#       events_maxlen, batch_id ('' for none)
 _CREATE = """
 if KEYS[6] ~= '' then
   local found = redis.call('HMGET', KEYS[6], 'job_id', 'fingerprint')
@@ -45,6 +45,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[11]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'status', 'status', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 if KEYS[6] ~= '' then
@@ -180,6 +181,7 @@ class JobRecord:
     error: JobError | None = None
     timings: Timings | None = None
     cancel_requested: bool = False
+    batch_id: str | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -204,6 +206,7 @@ class JobRecord:
             error=JobError.model_validate_json(raw["error"]) if raw.get("error") else None,
             timings=Timings.model_validate_json(raw["timings"]) if raw.get("timings") else None,
             cancel_requested=raw.get("cancel_requested") == "1",
+            batch_id=raw.get("batch_id") or None,
         )
 
 
@@ -268,6 +271,7 @@ class JobStore:
         queue: str,
         idempotency_key: str | None = None,
         body_fingerprint: str = "",
+        batch_id: str | None = None,
     ) -> tuple[str, bool]:
         """Store a new queued job. Returns ``(job_id, created)``.
 
@@ -296,6 +300,7 @@ class JobStore:
                 body_fingerprint,
                 self.idempotency_ttl_s,
                 keys.EVENTS_MAXLEN,
+                batch_id or "",
             ],
         )
         if not int(created) and found_fp != body_fingerprint:

@@ -66,6 +66,7 @@ def workers() -> str:
     """Sorted set: worker names scored by the time of their last beat (epoch seconds)."""
     return f"{PREFIX}:workers"
 
+
 # --- security and tenancy (common/apikeys.py, api/ratelimit.py, api/admission.py) -------------
 
 
@@ -88,3 +89,43 @@ def tenant_queued(tenant: str) -> str:
     """Sorted set: a tenant's job ids that may still be queued (per-tenant queue cap); pruned
     of the ones that left the queue on every check. TTL: settings.job_ttl_s."""
     return f"{PREFIX}:tenant:{tenant}:queued"
+
+
+# --- batches (common/batches.py) ---------------------------------------------------------------
+
+# Rows of one batch (the seed's batch endpoint takes files of prompts); more is a 413.
+BATCH_MAX_ROWS = 10_000
+# Prompts of one /score request; more is a 413 (use a batch).
+SCORE_MAX_ROWS = 64
+# Seconds one process may hold a batch's finalize lock while it writes the results manifest.
+BATCH_FINALIZE_LOCK_S = 300
+# Job records read per Redis round trip when a batch is counted or its manifest written.
+BATCH_READ_CHUNK = 500
+
+
+def batch(batch_id: str) -> str:
+    """Hash: a batch — tenant, row count, times, cancel flag, final counts, manifest keys.
+    TTL: settings.job_ttl_s, like its jobs."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """List: the batch's job ids in row order. Same TTL as the batch."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_settled(batch_id: str) -> str:
+    """Set: job ids of the batch seen terminal after a delivery; when it holds every row, the
+    manifest is written. Same TTL as the batch."""
+    return f"{PREFIX}:batch:{batch_id}:settled"
+
+
+def batch_lock(batch_id: str) -> str:
+    """String: held while one process writes the batch's manifest. TTL: BATCH_FINALIZE_LOCK_S."""
+    return f"{PREFIX}:batch:{batch_id}:lock"
+
+
+def batch_idempotency(tenant: str, key: str) -> str:
+    """String: "<batch id> <request fingerprint>" for an Idempotency-Key on batch creation.
+    TTL: settings.idempotency_ttl_s."""
+    return f"{PREFIX}:idem:{tenant}:batch:{key}"

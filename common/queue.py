@@ -27,7 +27,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # The broker redelivers unacknowledged messages after the visibility timeout, which must
         # outlive the hard time limit. Celery reads it in these three places.
-        "broker_transport_options": visibility,
+        # Queues are polled in the order a worker lists them (BRPOP checks its keys in order),
+        # so interactive jobs always go before batch jobs (`sdq worker` lists SDQ_QUEUE first).
+        "broker_transport_options": {**visibility, "queue_order_strategy": "priority"},
         "result_backend_transport_options": visibility,
         "visibility_timeout": settings.visibility_timeout_s,
         "task_time_limit": settings.job_time_limit_s,

@@ -23,6 +23,20 @@ MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
 MAX_METADATA_ITEMS = 16
 
+# What a /score request may set besides the prompt, as extra columns or in "parameters" (its
+# answer is one PNG per prompt, so no image count or format).
+SCORE_PARAMETERS = frozenset(
+    {
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "seed",
+        "scheduler",
+    }
+)
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"
@@ -225,6 +239,7 @@ class JobPublic(BaseModel):
     )
     request: JobRequest
     metadata: dict[str, str] = Field(default_factory=dict)
+    batch_id: str | None = Field(None, description="The batch this job is a row of, if any")
     result: JobResult | None = None
     error: JobError | None = None
     attempts: int = 0

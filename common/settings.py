@@ -9,7 +9,13 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from common.schemas import MAX_IMAGES_PER_PROMPT, MAX_PROMPT_CHARS, MAX_PROMPTS
+from common.schemas import (
+    MAX_IMAGES_PER_PROMPT,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPTS,
+    SCORE_PARAMETERS,
+    JobCreate,
+)
 
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600  # SigV4 presigned URLs cannot outlive 7 days
 
@@ -31,6 +37,9 @@ class Settings(BaseSettings):
     # --- Redis: broker and job store -------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = Field("sdq.jobs", description="Celery queue of generation jobs (one per model)")
+    batch_queue: str | None = Field(
+        None, description="Celery queue of batch jobs, consumed after SDQ_QUEUE ('<queue>.batch')"
+    )
 
     # --- S3-compatible storage --------------------------------------------------------------
     s3_endpoint_url: str | None = None
@@ -72,6 +81,16 @@ class Settings(BaseSettings):
 
     # --- API --------------------------------------------------------------------------------
     max_wait_s: float = Field(60.0, ge=0, description="cap on 'Prefer: wait=N'")
+    sync_timeout_s: float = Field(
+        60.0, gt=0, description="how long /score and /v1/images/generations wait for images"
+    )
+    score_defaults: dict[str, str | int | float] = Field(
+        default_factory=dict,
+        description="JSON: generation parameters /score uses where a request sets none",
+    )
+    max_batch_queued_total: int = Field(
+        100_000, ge=1, description="queued jobs in the batch queue; a larger batch is a 429"
+    )
     api_url: str = Field("http://127.0.0.1:8000", description="where the CLI reaches the API")
     log_level: str = "INFO"
 
@@ -139,6 +158,20 @@ class Settings(BaseSettings):
                 f"SDQ_JOB_TIME_LIMIT_S ({self.job_time_limit_s})"
             )
         return self
+
+    @field_validator("score_defaults")
+    @classmethod
+    def _score_parameters_only(cls, value: dict[str, str | int | float]) -> dict:
+        unknown = sorted(set(value) - SCORE_PARAMETERS)
+        if unknown:
+            raise ValueError(f"unknown parameters {unknown}; known: {sorted(SCORE_PARAMETERS)}")
+        JobCreate.model_validate({"prompt": "x", **value})  # the values are in range
+        return value
+
+    @property
+    def batch_queue_name(self) -> str:
+        """The batch queue: workers take from it only when SDQ_QUEUE is empty."""
+        return self.batch_queue or f"{self.queue}.batch"
 
     @property
     def soft_time_limit_s(self) -> int:

@@ -21,6 +21,7 @@ from common.logs import configure_logging, log_context
 from common.queue import make_celery
 from common.settings import get_settings
 from common.storage import Storage
+from worker.batches import settle as settle_batch
 from worker.heartbeat import Heartbeat
 from worker.metrics import MeteredJobStore  # its signal handlers run before ours
 from worker.pipeline import PipelineHolder
@@ -91,7 +92,9 @@ def runtime() -> Runtime:
 def generate(job_id: str) -> None:
     """Generate the images of one job. Deliveries may repeat; the runner makes them harmless."""
     with log_context(job_id=job_id, tenant=_tenant_of(job_id)):
-        runtime().runner.run(job_id)
+        rt = runtime()
+        rt.runner.run(job_id)
+        settle_batch(rt.store, rt.storage, job_id, settings.job_ttl_s)
 
 
 def _tenant_of(job_id: str) -> str | None:

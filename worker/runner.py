@@ -17,6 +17,7 @@ from common.jobstore import JobRecord, JobStore
 from common.schemas import ImageResult, JobError, JobResult, JobStatus, Timings
 from common.settings import Settings
 from common.storage import Storage
+from worker.batches import settle as settle_batch
 from worker.encode import encode_image, extension
 from worker.pipeline import Generation, PipelineHolder
 
@@ -188,6 +189,7 @@ class JobRunner:
             log.info("job %s: %s refused, it already ended", record.id, status.value)
             return
         log.info("job %s %s in %.2fs", record.id, status.value, timings.total_s)
+        settle_batch(self.store, self.storage, record.id, self.settings.job_ttl_s)
 
     def _store_outputs(
         self, record: JobRecord, generation: Generation, timings: Timings
