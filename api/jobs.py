@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 
 import redis.asyncio as aioredis
 
@@ -21,7 +23,12 @@ WAIT_SLICE_S = 2.0  # longest single blocking read while waiting for a job
 
 
 def submit(
-    services: Services, tenant: str, body: JobCreate, idempotency_key: str | None
+    services: Services,
+    tenant: str,
+    body: JobCreate,
+    idempotency_key: str | None,
+    *,
+    cancel_after_s: float | None = None,
 ) -> JobRecord:
     """Admit, store, then put it on the queue. Nothing is stored that was not enqueued."""
     settings, store = services.settings, services.store
@@ -34,6 +41,7 @@ def submit(
             queue=settings.queue,
             idempotency_key=idempotency_key,
             body_fingerprint=fingerprint(body.model_dump(mode="json")),
+            deadline=start_deadline(body, cancel_after_s),
         )
     except IdempotencyConflict as exc:
         raise ApiError(
@@ -58,6 +66,39 @@ def submit(
             extra={"prompts": prompt_summary(request.prompt, settings)},
         )
     return store.get(job_id)
+
+
+def start_deadline(body: JobCreate, cancel_after_s: float | None) -> float | None:
+    """The epoch time the job must start by: the earlier of expires_at and Cancel-After."""
+    candidates = []
+    if body.expires_at is not None:
+        candidates.append(body.expires_at.timestamp())
+    if cancel_after_s is not None:
+        candidates.append(time.time() + cancel_after_s)
+    if not candidates:
+        return None
+    deadline = min(candidates)
+    if deadline <= time.time():
+        raise ApiError(422, "validation_error", "expires_at: the deadline is already past")
+    return deadline
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_cancel_after(header: str | None) -> float | None:
+    """``Cancel-After: 90`` or ``90s``, ``5m``, ``1h``, ``500ms``: seconds, or None if absent."""
+    if header is None:
+        return None
+    match = _DURATION.match(header)
+    if not match or float(match.group(1)) <= 0:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Cancel-After: expected a positive duration like 30s, 5m or 1h, got {header!r}",
+        )
+    return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
 
 
 def load(services: Services, tenant: str, job_id: str) -> JobRecord:

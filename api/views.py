@@ -40,6 +40,7 @@ def job_public(record: JobRecord, store: JobStore, storage: Storage) -> JobPubli
         queue_position=store.queue_position(record),
         request=record.request,
         metadata=record.request.metadata,
+        expires_at=_when(record.deadline),
         batch_id=record.batch_id,
         result=result,
         error=record.error,

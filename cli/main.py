@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cli import keys
@@ -28,6 +29,10 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    # Celery's warm shutdown on SIGTERM waits for the running job without limit; as SIGQUIT it
+    # is a soft shutdown: the job gets SDQ_SHUTDOWN_GRACE_S, then goes back to the queue.
+    # billiard reads this when it is first imported, so set it before importing the worker.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     from worker.app import app
 
     settings = get_settings()

@@ -27,9 +27,9 @@ from common.schemas import (
 
 _TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
 
-# KEYS: job, events, tenant_jobs, pending, seq, idempotency ('' for none)
+# KEYS: job, events, tenant_jobs, pending, seq, idempotency ('' for none), deadlines
 # ARGV: id, tenant, queue, created_at, request_json, total_steps, job_ttl, fingerprint, idem_ttl,
-#       events_maxlen, batch_id ('' for none)
+#       events_maxlen, deadline ('' for none), batch_id ('' for none)
 _CREATE = """
 if KEYS[6] ~= '' then
   local found = redis.call('HMGET', KEYS[6], 'job_id', 'fingerprint')
@@ -45,7 +45,11 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
-if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[11]) end
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], 'deadline', ARGV[11])
+  redis.call('ZADD', KEYS[7], ARGV[11], ARGV[1])
+end
+if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[12]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'status', 'status', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 if KEYS[6] ~= '' then
@@ -55,7 +59,7 @@ end
 return {1, ARGV[1], ARGV[8]}
 """
 
-# KEYS: job, events, pending, lease
+# KEYS: job, events, pending, lease, running, deadlines
 # ARGV: to_status, allowed_from (comma separated), field/value pairs as JSON, events_maxlen,
 #       lease token ('' to leave the lease alone)
 _TRANSITION = (
@@ -76,14 +80,16 @@ for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 if ARGV[1] == 'succeeded' then
   redis.call('HSET', KEYS[1], 'step', redis.call('HGET', KEYS[1], 'total_steps'))
 end
-if ARGV[1] ~= 'queued' then redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id')) end
+local id = redis.call('HGET', KEYS[1], 'id')
+if ARGV[1] ~= 'queued' then redis.call('ZREM', KEYS[3], id) end
+if terminal[ARGV[1]] then redis.call('ZREM', KEYS[5], id); redis.call('ZREM', KEYS[6], id) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'status', ARGV[1])
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
 return {'ok', cur}
 """
 )
 
-# KEYS: job, events, pending, lease
+# KEYS: job, events, pending, lease, running, deadlines
 # ARGV: token, lease_ms, now, worker, max_attempts, events_maxlen
 _START = (
     "local terminal = "
@@ -92,14 +98,26 @@ _START = (
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {'missing', 0} end
 if terminal[cur] then return {'terminal', 0} end
+local id = redis.call('HGET', KEYS[1], 'id')
+local function finish(status, error_json)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', ARGV[3])
+  if error_json then redis.call('HSET', KEYS[1], 'error', error_json) end
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[5], id)
+  redis.call('ZREM', KEYS[6], id)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status', 'status', status)
+end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '')
+if cur == 'queued' and deadline and tonumber(ARGV[3]) > deadline then
+  finish('expired', cjson.encode({code='expired',
+    message='the job did not start before its deadline'}))
+  return {'expired', 0}
+end
 if not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leased', 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if attempts >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[3], 'error',
-    cjson.encode({code='worker_lost', message='the job was delivered ' .. attempts ..
+  finish('failed', cjson.encode({code='worker_lost', message='the job was delivered ' .. attempts ..
     ' times and its worker died each time'}))
-  redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status', 'status', 'failed')
   redis.call('DEL', KEYS[4])
   return {'exhausted', attempts}
 end
@@ -108,7 +126,9 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[4], 'step', 0)
 if not redis.call('HGET', KEYS[1], 'started_at') then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
 end
-redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[6], id)
+redis.call('ZADD', KEYS[5], ARGV[3], id)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status', 'status', 'running',
   'attempt', attempts)
 return {'started', attempts}
@@ -126,13 +146,14 @@ end
 return redis.call('HGET', KEYS[1], 'cancel_requested') or '0'
 """
 
-# KEYS: job, events, pending.  ARGV: now, events_maxlen
+# KEYS: job, events, pending, deadlines.  ARGV: now, events_maxlen
 _CANCEL = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 'missing' end
 if cur == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZREM', KEYS[4], redis.call('HGET', KEYS[1], 'id'))
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'status', 'canceled')
   return 'canceled'
 end
@@ -141,6 +162,46 @@ if cur == 'running' then
   return 'requested'
 end
 return cur
+"""
+
+# KEYS: job, events, pending, lease, running.  ARGV: now, events_maxlen, max_attempts
+# A running job whose lease lapsed (its worker vanished) goes back to the queue, or fails when it
+# has used up its attempts. The caller re-sends the task when this returns 'requeued'.
+_REQUEUE = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+local id = redis.call('HGET', KEYS[1], 'id')
+if cur ~= 'running' then
+  if id then redis.call('ZREM', KEYS[5], id) end
+  return 'skipped'
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 'leased' end
+redis.call('ZREM', KEYS[5], id)
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if attempts >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error',
+    cjson.encode({code='worker_lost', message='the job was delivered ' .. attempts ..
+    ' times and its worker died each time'}))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'status', 'failed')
+  return 'failed'
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'step', 0)
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'seq'), id)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'status', 'queued',
+  'reason', 'requeued')
+return 'requeued'
+"""
+
+# KEYS: job, events, pending, deadlines.  ARGV: id, now, events_maxlen
+_EXPIRE = """
+redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '')
+if not deadline or deadline > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'expired', 'finished_at', ARGV[2], 'error',
+  cjson.encode({code='expired', message='the job did not start before its deadline'}))
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'status', 'status', 'expired')
+return 1
 """
 
 # KEYS: lease.  ARGV: token, lease_ms
@@ -181,6 +242,7 @@ class JobRecord:
     error: JobError | None = None
     timings: Timings | None = None
     cancel_requested: bool = False
+    deadline: float | None = None
     batch_id: str | None = None
 
     @classmethod
@@ -206,6 +268,7 @@ class JobRecord:
             error=JobError.model_validate_json(raw["error"]) if raw.get("error") else None,
             timings=Timings.model_validate_json(raw["timings"]) if raw.get("timings") else None,
             cancel_requested=raw.get("cancel_requested") == "1",
+            deadline=opt_float("deadline"),
             batch_id=raw.get("batch_id") or None,
         )
 
@@ -249,6 +312,8 @@ class JobStore:
         self._progress = client.register_script(_PROGRESS)
         self._cancel = client.register_script(_CANCEL)
         self._renew = client.register_script(_RENEW)
+        self._requeue = client.register_script(_REQUEUE)
+        self._expire = client.register_script(_EXPIRE)
 
     @classmethod
     def from_url(cls, url: str, *, job_ttl_s: int, idempotency_ttl_s: int) -> JobStore:
@@ -271,12 +336,14 @@ class JobStore:
         queue: str,
         idempotency_key: str | None = None,
         body_fingerprint: str = "",
+        deadline: float | None = None,
         batch_id: str | None = None,
     ) -> tuple[str, bool]:
         """Store a new queued job. Returns ``(job_id, created)``.
 
         With an idempotency key seen before, returns the earlier job and ``created=False``;
-        raises :class:`IdempotencyConflict` when that key came with another body.
+        raises :class:`IdempotencyConflict` when that key came with another body. A job still
+        queued at ``deadline`` (epoch seconds) ends ``expired`` instead of running.
         """
         job_id = new_job_id()
         idem_key = keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
@@ -288,6 +355,7 @@ class JobStore:
                 keys.pending(queue),
                 keys.sequence(),
                 idem_key,
+                keys.deadlines(),
             ],
             args=[
                 job_id,
@@ -300,6 +368,7 @@ class JobStore:
                 body_fingerprint,
                 self.idempotency_ttl_s,
                 keys.EVENTS_MAXLEN,
+                repr(deadline) if deadline is not None else "",
                 batch_id or "",
             ],
         )
@@ -391,7 +460,12 @@ class JobStore:
         """Cancel a queued job now, or ask the running one to stop. Returns what happened:
         'canceled', 'requested', 'missing', or the terminal status it already had."""
         return self._cancel(
-            keys=[keys.job(job_id), keys.job_events(job_id), self._pending_of(job_id)],
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                self._pending_of(job_id),
+                keys.deadlines(),
+            ],
             args=[repr(time.time()), keys.EVENTS_MAXLEN],
         )
 
@@ -408,6 +482,8 @@ class JobStore:
                 keys.job_events(job_id),
                 self._pending_of(job_id),
                 keys.job_lease(job_id),
+                keys.running(),
+                keys.deadlines(),
             ],
             args=[
                 token,
@@ -431,11 +507,34 @@ class JobStore:
 
     def progress(self, job_id: str, step: int, total: int, *, write: bool = True) -> bool:
         """Record progress (when ``write``); returns whether a cancel was requested."""
-        flag = self._progress(
-            keys=[keys.job(job_id), keys.job_events(job_id)],
-            args=[step, total, keys.EVENTS_MAXLEN, "1" if write else "0"],
-        )
-        return flag == "1"
+        return self.progress_many([job_id], step, total, write=write)[0]
+
+    def progress_many(
+        self, job_ids: list[str], step: int, total: int, *, write: bool = True
+    ) -> list[bool]:
+        """``progress`` for every job of a batch in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            self._progress(
+                keys=[keys.job(job_id), keys.job_events(job_id)],
+                args=[step, total, keys.EVENTS_MAXLEN, "1" if write else "0"],
+                client=pipe,
+            )
+        return [flag == "1" for flag in pipe.execute()]
+
+    def peek_pending(self, queue: str, limit: int) -> list[tuple[str, JobRequest]]:
+        """The first ``limit`` queued jobs of ``queue`` with their requests (batching)."""
+        job_ids = self.redis.zrange(keys.pending(queue), 0, limit - 1)
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "request")
+        return [
+            (job_id, JobRequest.model_validate_json(raw))
+            for job_id, raw in zip(job_ids, pipe.execute(), strict=True)
+            if raw
+        ]
 
     def finish(
         self,
@@ -486,6 +585,8 @@ class JobStore:
                 keys.job_events(job_id),
                 self._pending_of(job_id),
                 keys.job_lease(job_id),
+                keys.running(),
+                keys.deadlines(),
             ],
             args=[
                 status.value,
@@ -496,6 +597,45 @@ class JobStore:
             ],
         )
         return verdict == "ok"
+
+    # --- reaper ---------------------------------------------------------------------------
+
+    def running_since(self, before: float) -> list[str]:
+        """Jobs that started running before ``before`` (epoch seconds) and are still listed."""
+        return self.redis.zrangebyscore(keys.running(), "-inf", before)
+
+    def requeue_orphan(self, job_id: str, *, max_attempts: int) -> str:
+        """Requeue (or fail) a running job whose lease lapsed.
+
+        Returns 'requeued' (send the task again), 'failed', 'leased' or 'skipped'."""
+        return self._requeue(
+            keys=[
+                keys.job(job_id),
+                keys.job_events(job_id),
+                self._pending_of(job_id),
+                keys.job_lease(job_id),
+                keys.running(),
+            ],
+            args=[repr(time.time()), keys.EVENTS_MAXLEN, max_attempts],
+        )
+
+    def expire_overdue(self, *, limit: int = 500) -> list[str]:
+        """End queued jobs whose deadline passed; returns the ids that expired."""
+        now = time.time()
+        expired = []
+        for job_id in self.redis.zrangebyscore(keys.deadlines(), "-inf", now, start=0, num=limit):
+            done = self._expire(
+                keys=[
+                    keys.job(job_id),
+                    keys.job_events(job_id),
+                    self._pending_of(job_id),
+                    keys.deadlines(),
+                ],
+                args=[job_id, repr(now), keys.EVENTS_MAXLEN],
+            )
+            if done:
+                expired.append(job_id)
+        return expired
 
     def _pending_of(self, job_id: str) -> str:
         return keys.pending(self.redis.hget(keys.job(job_id), "queue") or "")

@@ -47,6 +47,21 @@ def pending(queue: str) -> str:
     return f"{PREFIX}:queue:{queue}:pending"
 
 
+def running() -> str:
+    """Sorted set: running job ids scored by the time they started (epoch s), for the reaper."""
+    return f"{PREFIX}:running"
+
+
+def deadlines() -> str:
+    """Sorted set: queued job ids scored by the deadline to start by (epoch s)."""
+    return f"{PREFIX}:deadlines"
+
+
+def reaper_lock() -> str:
+    """String: held by the one worker that reaps this round. TTL: one reaper interval."""
+    return f"{PREFIX}:reaper:lock"
+
+
 def queues() -> str:
     """Set: names of the Celery queues workers consume (the API reports the depth of each)."""
     return f"{PREFIX}:queues"

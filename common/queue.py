@@ -24,6 +24,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # message goes back to the queue instead of being lost.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # On a broker reconnect a running job keeps running (its lease keeps a redelivered copy
+        # from starting twice) instead of being killed and redone.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_prefetch_multiplier": 1,
         # The broker redelivers unacknowledged messages after the visibility timeout, which must
         # outlive the hard time limit. Celery reads it in these three places.
@@ -40,6 +43,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,  # the job store holds state, not Celery's result backend
         "task_default_queue": settings.queue,
         "task_create_missing_queues": True,
+        # SIGTERM (a deploy) gives a running job this long to finish; then it is handed back to
+        # the queue for another worker (`sdq worker` maps SIGTERM to Celery's soft shutdown).
+        "worker_soft_shutdown_timeout": settings.shutdown_grace_s,
         # A prefork child loads the whole pipeline before it reports up.
         "worker_proc_alive_timeout": settings.model_load_timeout_s,
         "worker_hijack_root_logger": False,

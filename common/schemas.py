@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -128,6 +129,11 @@ class JobCreate(BaseModel):
         max_length=MAX_METADATA_ITEMS,
         description="Small string map echoed back with the job",
     )
+    expires_at: AwareDatetime | None = Field(
+        None,
+        description="Deadline to start by (RFC 3339 with a time zone); still queued then, "
+        "the job ends 'expired'. The Cancel-After header sets one too.",
+    )
 
     @field_validator("negative_prompt")
     @classmethod
@@ -149,7 +155,7 @@ class JobCreate(BaseModel):
         if isinstance(negative, str):
             negative = [negative] * len(self.prompts)
         return JobRequest(
-            **self.model_dump(exclude={"prompt", "negative_prompt", "seed"}),
+            **self.model_dump(exclude={"prompt", "negative_prompt", "seed", "expires_at"}),
             prompt=self.prompts,
             negative_prompt=negative,
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
@@ -239,6 +245,7 @@ class JobPublic(BaseModel):
     )
     request: JobRequest
     metadata: dict[str, str] = Field(default_factory=dict)
+    expires_at: datetime | None = Field(None, description="Deadline to start by, if any")
     batch_id: str | None = Field(None, description="The batch this job is a row of, if any")
     result: JobResult | None = None
     error: JobError | None = None

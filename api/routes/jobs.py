@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -49,9 +50,19 @@ async def create_job(
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[str | None, Header(description="wait=N: hold up to N seconds")] = None,
+    cancel_after: Annotated[
+        str | None, Header(description="expire the job if it has not started within 30s, 5m, ...")
+    ] = None,
 ) -> JSONResponse:
     """Submit a job. 202 with the queued job; 200 if it finished within ``Prefer: wait``."""
-    record = await run_in_threadpool(jobs.submit, services, tenant, body, idempotency_key)
+    cancel_after_s = jobs.parse_cancel_after(cancel_after)
+    record = await run_in_threadpool(
+        partial(jobs.submit, cancel_after_s=cancel_after_s),
+        services,
+        tenant,
+        body,
+        idempotency_key,
+    )
     wait_s = jobs.parse_prefer_wait(prefer, services.settings.max_wait_s)
     if wait_s and not record.status.is_terminal:
         await jobs.wait_until_finished(services.async_redis, record.id, wait_s)
