@@ -67,12 +67,37 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long job records are kept")
     job_time_limit_s: int = Field(900, ge=10, description="hard limit for one job")
     visibility_timeout_s: int = Field(3600, description="broker redelivery of unacked jobs")
-    lease_ttl_s: float = Field(15.0, gt=0, description="worker lease on a running job")
+    lease_ttl_s: float = Field(10.0, gt=0, description="worker lease on a running job")
     max_attempts: int = Field(3, ge=1, description="deliveries before a job fails worker_lost")
     progress_interval_s: float = Field(0.25, ge=0, description="progress write throttle")
     model_load_timeout_s: int = Field(1800, ge=10, description="time to load the pipeline")
     heartbeat_interval_s: float = Field(5.0, gt=0)
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)
+
+    # --- reliability ------------------------------------------------------------------------
+    storage_retry_s: float = Field(
+        60.0, ge=0, description="how long a worker retries uploads before the job fails"
+    )
+    redis_retry_s: float = Field(
+        60.0, ge=0, description="how long a worker retries recording a job's outcome"
+    )
+    shutdown_grace_s: float = Field(
+        60.0, ge=0, description="on SIGTERM, time a running job gets before it is handed back"
+    )
+    reaper_interval_s: float = Field(
+        5.0, gt=0, description="how often workers look for orphaned and overdue jobs"
+    )
+    fault_injection: bool = Field(
+        False, description="honour the 'sdq-fault' job metadata (tests and chaos runs only)"
+    )
+
+    # --- throughput -------------------------------------------------------------------------
+    max_batch: int = Field(8, ge=1, description="most images one worker generates as one batch")
+    batch_window_s: float = Field(
+        0.005, ge=0, description="how long a lone job waits for compatible company"
+    )
+    upload_threads: int = Field(2, ge=1, description="encode/upload threads per worker process")
+    compile: bool = Field(False, description="torch.compile the UNet on CUDA (slow first start)")
 
     # --- operations -------------------------------------------------------------------------
     worker_metrics_port: int = Field(

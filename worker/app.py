@@ -18,13 +18,14 @@ from celery import signals
 
 from common import keys
 from common.logs import configure_logging, log_context
-from common.queue import make_celery
+from common.queue import JobQueue, make_celery
 from common.settings import get_settings
 from common.storage import Storage
 from worker.batches import settle as settle_batch
 from worker.heartbeat import Heartbeat
 from worker.metrics import MeteredJobStore  # its signal handlers run before ours
 from worker.pipeline import PipelineHolder
+from worker.reaper import Reaper
 from worker.runner import JobRunner, WorkerState
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,19 @@ class Runtime:
         self.runner = JobRunner(
             settings, self.store, self.storage, self.holder, self.state, self.heartbeat.poke
         )
+        self.reaper = Reaper(
+            self.store,
+            JobQueue(app),
+            interval_s=settings.reaper_interval_s,
+            lease_ttl_s=settings.lease_ttl_s,
+            max_attempts=settings.max_attempts,
+        )
 
     def start(self) -> None:
         self.heartbeat.start()  # reports "loading" while the pipeline loads
         self.holder.load()
         self.heartbeat.poke()
+        self.reaper.start()
 
     def snapshot(self) -> dict[str, Any]:
         if not self.holder.loaded:
@@ -126,4 +135,6 @@ def _load_pipeline(**_: Any) -> None:
 @signals.worker_process_shutdown.connect
 def _say_goodbye(**_: Any) -> None:
     if runtime.cache_info().currsize:
+        runtime().reaper.stop()
+        runtime().runner.uploader.drain()  # images already generated still get stored
         runtime().heartbeat.stop()
