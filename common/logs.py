@@ -42,8 +42,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)\b(AWSAccessKeyId=)[^&\s\"',;]+"), rf"\1{REDACTED}"),
 ]
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Attributes every LogRecord has; anything else on a record came from `extra=` (uvicorn's
+# `color_message` is its message again, with terminal colours).
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class Redactor:
