@@ -1,6 +1,6 @@
-"""Tenants on the real API process: another tenant's job is indistinguishable from no job at
-all, on every route that takes a job id; listings are one's own; the bucket is private and its
-presigned URLs expire (checked by the rclone S3 server, which verifies signatures)."""
+"""Tenants on the real API process: another tenant's job or batch is indistinguishable from
+none at all, on every route that takes its id; listings are one's own; the bucket is private
+and its presigned URLs expire (checked by the rclone S3 server, which verifies signatures)."""
 
 from __future__ import annotations
 
@@ -35,43 +35,68 @@ def finished(api_server: Service, worker: Service, auth_headers: dict[str, str])
         return wait_job(c, submit(c, prompt="isolation", num_images_per_prompt=2)["id"])
 
 
-def _job_routes(client: httpx.Client) -> list[tuple[str, str]]:
-    """Every (method, path template) of the API that takes a job id — whoever added it."""
+def _routes(client: httpx.Client, parameter: str) -> list[tuple[str, str]]:
+    """Every (method, path template) of the API that takes ``{parameter}`` — whoever added it."""
     paths = client.get("/openapi.json").json()["paths"]
     return [
         (method.upper(), path)
         for path, item in paths.items()
-        if "{job_id}" in path
+        if f"{{{parameter}}}" in path
         for method in item
         if method in {"get", "post", "put", "patch", "delete"}
     ]
 
 
-def _call(client: httpx.Client, method: str, template: str, job_id: str) -> httpx.Response:
-    path = template.replace("{job_id}", job_id)
+def _call(
+    client: httpx.Client, method: str, template: str, parameter: str, value: str
+) -> httpx.Response:
+    path = template.replace(f"{{{parameter}}}", value)
     path = "/".join("x" if p.startswith("{") else p for p in path.split("/"))
     return client.request(method, path)
+
+
+def _assert_indistinguishable(
+    mine: httpx.Client, theirs: httpx.Client, parameter: str, owned_id: str
+) -> list[tuple[str, str]]:
+    """On every route taking ``parameter``, another tenant's id answers exactly like an id
+    that never existed; a route taking only that id answers 404."""
+    routes = _routes(mine, parameter)
+    unknown = uuid.uuid4().hex
+    for method, template in routes:
+        answer = _call(theirs, method, template, parameter, owned_id)
+        nobodys = _call(theirs, method, template, parameter, unknown)
+        assert answer.status_code == nobodys.status_code, (method, template, answer.text)
+        # Byte for byte the same answer, once the id the caller sent is swapped.
+        assert answer.text.replace(owned_id, unknown) == nobodys.text, template
+        if template.count("{") == 1:  # only the id: nothing else to validate first
+            assert answer.status_code == 404, (method, template)
+    for method, template in routes:
+        if method == "GET" and template.count("{") == 1:
+            control = _call(mine, method, template, parameter, owned_id)
+            assert control.status_code == 200, (template, control.text)
+    return routes
 
 
 def test_another_tenants_job_is_a_404_like_no_job_on_every_route(
     client: httpx.Client, other: httpx.Client, finished: dict
 ) -> None:
-    routes = _job_routes(client)
+    routes = _assert_indistinguishable(client, other, "job_id", finished["id"])
     assert ("GET", "/v1/jobs/{job_id}") in routes
     assert ("POST", "/v1/jobs/{job_id}/cancel") in routes
-    unknown = uuid.uuid4().hex
-    for method, template in routes:
-        theirs = _call(other, method, template, finished["id"])
-        nobodys = _call(other, method, template, unknown)
-        assert theirs.status_code == nobodys.status_code, (method, template, theirs.text)
-        # Byte for byte the same answer, once the id the caller sent is swapped.
-        assert theirs.text.replace(finished["id"], unknown) == nobodys.text, template
-        if template.count("{") == 1:  # only the job id: nothing else to validate first
-            assert theirs.status_code == 404, (method, template)
-    for method, template in routes:
-        if method == "GET" and template.count("{") == 1:
-            mine = _call(client, method, template, finished["id"])
-            assert mine.status_code == 200, (template, mine.text)  # the control
+
+
+def test_another_tenants_batch_is_a_404_like_no_batch_on_every_route(
+    client: httpx.Client, other: httpx.Client
+) -> None:
+    tiny = {"width": 64, "height": 64, "num_inference_steps": 1}
+    created = client.post("/v1/batches", json={"prompts": ["a", "b"], "parameters": tiny})
+    assert created.status_code == 202, created.text
+    batch = created.json()
+
+    routes = _assert_indistinguishable(client, other, "batch_id", batch["id"])
+
+    assert ("POST", "/v1/batches/{batch_id}/cancel") in routes
+    assert client.get(f"/v1/batches/{batch['id']}").json()["status"] != "canceled"
 
 
 def test_cancel_by_another_tenant_leaves_the_job_alone(
