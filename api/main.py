@@ -34,7 +34,15 @@ def build_services(settings: Settings) -> Services:
         store=store,
         storage=Storage(settings),
         queue=JobQueue(make_celery(settings)),
-        async_redis=aioredis.Redis.from_url(settings.redis_url, decode_responses=True),
+        # Event streams and waits block on XREAD for up to KEEPALIVE_S (15 s): the socket
+        # timeout must outlast the longest block, or an idle stream reads as Redis being down.
+        async_redis=aioredis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        ),
     )
 
 

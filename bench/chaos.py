@@ -149,7 +149,7 @@ def main() -> int:
     started = time.monotonic()
     stack = Stack(args.workers)
     try:
-        stack.wait_ready()
+        stack.wait_workers()
         accepted: list[str] = []
         refused: collections.Counter = collections.Counter()
         chaos_log: list[tuple[float, str]] = []

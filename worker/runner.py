@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from common import storage as keys_s3
 from common.jobstore import JobRecord, JobStore, StartOutcome
+from common.logs import log_context
 from common.schemas import ImageResult, JobError, JobResult, JobStatus, Timings
 from common.settings import Settings
 from common.storage import Storage
@@ -258,7 +259,7 @@ class JobRunner:
         for claim, generation in zip(claims, generations, strict=True):
             if claim.active:
                 claim.timings.inference_s = inference_s
-                self.uploader.submit(lambda c=claim, g=generation: self._complete(c, g))
+                self.uploader.submit(lambda c=claim, g=generation: self._complete_logged(c, g))
 
     def _fail_active(self, claims: list[Claim], code: str, message: str) -> None:
         for claim in claims:
@@ -266,6 +267,11 @@ class JobRunner:
                 self.finish(claim, JobStatus.FAILED, error=JobError(code=code, message=message))
 
     # --- storing and finishing (upload threads) ---------------------------------------------
+
+    def _complete_logged(self, claim: Claim, generation: Generation) -> None:
+        # Batch companions ran under the lead job's task: their log lines carry their own id.
+        with log_context(job_id=claim.id, tenant=claim.record.tenant):
+            self._complete(claim, generation)
 
     def _complete(self, claim: Claim, generation: Generation) -> None:
         """Store the images and manifest, then mark the job succeeded; never the other way."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +19,15 @@ class Uploader:
         self._changed = threading.Condition()
 
     def submit(self, work: Callable[[], None]) -> None:
+        # The pool thread runs with the caller's context: log lines keep the job id and tenant.
+        context = contextvars.copy_context()
         with self._changed:
             self._changed.wait_for(lambda: self._in_flight < self._max)
             self._in_flight += 1
 
         def run() -> None:
             try:
-                work()
+                context.run(work)
             finally:
                 with self._changed:
                     self._in_flight -= 1
