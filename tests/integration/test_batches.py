@@ -113,7 +113,7 @@ def test_interactive_jobs_overtake_a_queued_batch_and_cancel_interrupts_it(
 ) -> None:
     prompts = [f"batch row {n}" for n in range(8)]
     # Different step counts: a worker may not run them together as one GPU batch.
-    rows = [{"prompt": p, "num_inference_steps": 40 + n} for n, p in enumerate(prompts)]
+    rows = [{"prompt": p, "num_inference_steps": 80 + n} for n, p in enumerate(prompts)]
     slow = {"width": 128, "height": 128}
     created = client.post("/v1/batches", json={"prompts": rows, "parameters": slow})
     assert created.status_code == 202, created.text
