@@ -264,7 +264,7 @@ def test_api_deployment_service_hpa_and_budgets_fit_together() -> None:
         assert _selects(budget["selector"]["matchLabels"], pod_labels), name
 
 
-def test_keda_scales_workers_on_the_job_queue_to_zero() -> None:
+def test_keda_scales_workers_on_both_job_queues_to_zero() -> None:
     scaled = _object("ScaledObject", "sdq-worker")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
@@ -277,14 +277,17 @@ def test_keda_scales_workers_on_the_job_queue_to_zero() -> None:
     assert spec["minReplicaCount"] == 0 < spec["maxReplicaCount"]
     # A running job has left the list: the cool-down must outlast one, or it is cut short.
     assert spec["cooldownPeriod"] >= int(_config()["SDQ_JOB_TIME_LIMIT_S"])
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "redis"
-    meta = trigger["metadata"]
-    assert all(isinstance(v, str) for v in meta.values())  # KEDA metadata values are strings
-    assert meta["listName"] == _config()["SDQ_QUEUE"]
-    redis_url = _config()["SDQ_REDIS_URL"]
-    assert redis_url == f"redis://{meta['address']}/{meta['databaseIndex']}"
-    assert int(meta["listLength"]) >= 1
+    interactive, batch = spec["triggers"]
+    settings = Settings(queue=_config()["SDQ_QUEUE"])
+    assert interactive["metadata"]["listName"] == settings.queue
+    assert batch["metadata"]["listName"] == settings.batch_queue_name
+    for trigger in (interactive, batch):
+        assert trigger["type"] == "redis"
+        meta = trigger["metadata"]
+        assert all(isinstance(v, str) for v in meta.values())  # KEDA metadata values are strings
+        redis_url = _config()["SDQ_REDIS_URL"]
+        assert redis_url == f"redis://{meta['address']}/{meta['databaseIndex']}"
+        assert int(meta["listLength"]) >= 1
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     kubernetes_validate.validate(
         {
