@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import keys
-from common.jobstore import JobRecord, JobStore
-from common.schemas import JobStatus
+from common.jobstore import JobRecord, JobStore, webhook_events
+from common.schemas import JobStatus, WebhookSpec
 from common.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,30 @@ PREDICTIONS_COLUMNS = [
     "error",
     "job_id",
 ]
+
+
+# KEYS: batch.  ARGV: finished_at, counts_json
+# Marks the batch finished once, and in the same step queues its batch.completed webhook event
+# (if it has a webhook that wants it): finished once, announced once.
+_FINISH = (
+    """
+if redis.call('HGET', KEYS[1], 'finished_at') then return 0 end
+redis.call('HSET', KEYS[1], 'finished_at', ARGV[1], 'counts', ARGV[2])
+local wanted = redis.call('HGET', KEYS[1], 'webhook_events')
+if wanted and string.find(wanted, ',batch.completed,', 1, true) then
+  local id = redis.call('HGET', KEYS[1], 'id')
+  local now = redis.call('TIME')
+  redis.call('XADD', '"""
+    + keys.webhook_outbox()
+    + "', 'MAXLEN', '~', "
+    + str(keys.WEBHOOK_OUTBOX_MAXLEN)
+    + """, '*', 'kind', 'batch',
+    'subject', id, 'event', 'batch.completed', 'msg', 'msg_' .. id .. '_completed',
+    'at', now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
+end
+return 1
+"""
+)
 
 
 def results_key(batch_id: str) -> str:
@@ -66,6 +90,7 @@ class BatchRecord:
     cancel_requested: bool = False
     counts: dict[str, int] | None = None  # final counts, once finished
     error: str | None = None  # why the fan-out failed, if it did
+    webhook: WebhookSpec | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> BatchRecord:
@@ -83,6 +108,7 @@ class BatchRecord:
             cancel_requested=raw.get("cancel_requested") == "1",
             counts=json.loads(raw["counts"]) if raw.get("counts") else None,
             error=raw.get("error") or None,
+            webhook=WebhookSpec.model_validate_json(raw["webhook"]) if raw.get("webhook") else None,
         )
 
     @property
@@ -110,11 +136,18 @@ class BatchStore:
         self.redis = store.redis
         self.storage = storage
         self.ttl_s = ttl_s
+        self._finish = self.redis.register_script(_FINISH)
 
     # --- create ---------------------------------------------------------------------------
 
     def create(
-        self, batch_id: str, *, tenant: str, total: int, metadata: dict[str, str]
+        self,
+        batch_id: str,
+        *,
+        tenant: str,
+        total: int,
+        metadata: dict[str, str],
+        webhook: WebhookSpec | None = None,
     ) -> BatchRecord:
         """Store a batch that is about to be fanned out (status ``submitting``)."""
         now = time.time()
@@ -125,6 +158,8 @@ class BatchStore:
             "created_at": repr(now),
             "metadata": json.dumps(metadata),
         }
+        if webhook is not None:
+            raw.update(webhook=webhook.model_dump_json(), webhook_events=webhook_events(webhook))
         pipe = self.redis.pipeline()
         pipe.hset(keys.batch(batch_id), mapping=raw)
         pipe.expire(keys.batch(batch_id), self.ttl_s)
@@ -224,10 +259,10 @@ class BatchStore:
             if any(s is not None and not JobStatus(s).is_terminal for s in statuses):
                 return False
             counts = self._write_manifest(batch, job_ids)
-            self.redis.hset(
-                keys.batch(batch_id),
-                mapping={"finished_at": repr(time.time()), "counts": json.dumps(counts)},
-            )
+            if not self._finish(
+                keys=[keys.batch(batch_id)], args=[repr(time.time()), json.dumps(counts)]
+            ):
+                return False  # another writer, whose lock had lapsed, finished it first
             log.info("batch %s finished: %s", batch_id, counts)
             return True
         finally:

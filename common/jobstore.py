@@ -23,13 +23,53 @@ from common.schemas import (
     JobResult,
     JobStatus,
     Timings,
+    WebhookSpec,
 )
 
 _TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL_STATUSES) + "}"
 
+# The webhook outbox, written in the same script as the transition it announces: a terminal
+# transition happens once, so its event is queued once, however often the job was delivered.
+# Only for jobs whose webhook subscribed to the event ('webhook_events' is ",job.x,job.y,").
+# The entry carries the job record as it is at that instant, so the body describes the job as
+# the event saw it. The webhook-id is derived from the job and the event: stable for retries.
+_WEBHOOK_LUA = (
+    """
+local function sdq_webhook(job_key, event, suffix)
+  local wanted = redis.call('HGET', job_key, 'webhook_events')
+  if not wanted or not string.find(wanted, ',' .. event .. ',', 1, true) then return end
+  local raw = redis.call('HGETALL', job_key)
+  local job = {}
+  for i = 1, #raw, 2 do job[raw[i]] = raw[i + 1] end
+  local now = redis.call('TIME')
+  redis.call('XADD', '"""
+    + keys.webhook_outbox()
+    + "', 'MAXLEN', '~', "
+    + str(keys.WEBHOOK_OUTBOX_MAXLEN)
+    + """, '*', 'kind', 'job',
+    'subject', job['id'], 'event', event, 'msg', 'msg_' .. job['id'] .. '_' .. suffix,
+    'at', now[1] .. '.' .. string.format('%06d', tonumber(now[2])), 'snapshot', cjson.encode(job))
+end
+local function sdq_webhook_progress(job_key, step)
+  local wanted = redis.call('HGET', job_key, 'webhook_events')
+  if not wanted or not string.find(wanted, ',job.progress,', 1, true) then return end
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local last = tonumber(redis.call('HGET', job_key, 'webhook_progress_ms') or '0')
+  if ms - last < """
+    + str(keys.WEBHOOK_PROGRESS_INTERVAL_MS)
+    + """ then return end
+  redis.call('HSET', job_key, 'webhook_progress_ms', ms)
+  local attempt = redis.call('HGET', job_key, 'attempts') or '0'
+  sdq_webhook(job_key, 'job.progress', 'progress_' .. attempt .. '_' .. step)
+end
+"""
+)
+
 # KEYS: job, events, tenant_jobs, pending, seq, idempotency ('' for none), deadlines
 # ARGV: id, tenant, queue, created_at, request_json, total_steps, job_ttl, fingerprint, idem_ttl,
-#       events_maxlen, deadline ('' for none), batch_id ('' for none)
+#       events_maxlen, deadline ('' for none), batch_id ('' for none), webhook_json ('' for none),
+#       webhook_events (",job.started,job.succeeded,")
 _CREATE = """
 if KEYS[6] ~= '' then
   local found = redis.call('HMGET', KEYS[6], 'job_id', 'fingerprint')
@@ -50,6 +90,9 @@ if ARGV[11] ~= '' then
   redis.call('ZADD', KEYS[7], ARGV[11], ARGV[1])
 end
 if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[12]) end
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'webhook', ARGV[13], 'webhook_events', ARGV[14])
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'type', 'status', 'status', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 if KEYS[6] ~= '' then
@@ -63,7 +106,8 @@ return {1, ARGV[1], ARGV[8]}
 # ARGV: to_status, allowed_from (comma separated), field/value pairs as JSON, events_maxlen,
 #       lease token ('' to leave the lease alone)
 _TRANSITION = (
-    "local terminal = "
+    _WEBHOOK_LUA
+    + "local terminal = "
     + _TERMINAL_LUA
     + """
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -84,6 +128,7 @@ local id = redis.call('HGET', KEYS[1], 'id')
 if ARGV[1] ~= 'queued' then redis.call('ZREM', KEYS[3], id) end
 if terminal[ARGV[1]] then redis.call('ZREM', KEYS[5], id); redis.call('ZREM', KEYS[6], id) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'status', 'status', ARGV[1])
+if terminal[ARGV[1]] then sdq_webhook(KEYS[1], 'job.' .. ARGV[1], ARGV[1]) end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
 return {'ok', cur}
 """
@@ -92,7 +137,8 @@ return {'ok', cur}
 # KEYS: job, events, pending, lease, running, deadlines
 # ARGV: token, lease_ms, now, worker, max_attempts, events_maxlen
 _START = (
-    "local terminal = "
+    _WEBHOOK_LUA
+    + "local terminal = "
     + _TERMINAL_LUA
     + """
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -106,6 +152,7 @@ local function finish(status, error_json)
   redis.call('ZREM', KEYS[5], id)
   redis.call('ZREM', KEYS[6], id)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status', 'status', status)
+  sdq_webhook(KEYS[1], 'job.' .. status, status)
 end
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '')
 if cur == 'queued' and deadline and tonumber(ARGV[3]) > deadline then
@@ -123,7 +170,8 @@ if attempts >= tonumber(ARGV[5]) then
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[4], 'step', 0)
-if not redis.call('HGET', KEYS[1], 'started_at') then
+local first = not redis.call('HGET', KEYS[1], 'started_at')
+if first then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
 end
 redis.call('ZREM', KEYS[3], id)
@@ -131,23 +179,30 @@ redis.call('ZREM', KEYS[6], id)
 redis.call('ZADD', KEYS[5], ARGV[3], id)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', 'status', 'status', 'running',
   'attempt', attempts)
+if first then sdq_webhook(KEYS[1], 'job.started', 'started') end  -- once, not per delivery
 return {'started', attempts}
 """
 )
 
 # KEYS: job, events.  ARGV: step, total, events_maxlen, write ('1' or '0')
 # Returns the cancel flag, so the per-step callback costs one round trip.
-_PROGRESS = """
+_PROGRESS = (
+    _WEBHOOK_LUA
+    + """
 if ARGV[4] == '1' and redis.call('HGET', KEYS[1], 'status') == 'running' then
   redis.call('HSET', KEYS[1], 'step', ARGV[1], 'total_steps', ARGV[2])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'progress',
     'step', ARGV[1], 'total_steps', ARGV[2])
+  sdq_webhook_progress(KEYS[1], ARGV[1])
 end
 return redis.call('HGET', KEYS[1], 'cancel_requested') or '0'
 """
+)
 
 # KEYS: job, events, pending, deadlines.  ARGV: now, events_maxlen
-_CANCEL = """
+_CANCEL = (
+    _WEBHOOK_LUA
+    + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 'missing' end
 if cur == 'queued' then
@@ -155,6 +210,7 @@ if cur == 'queued' then
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
   redis.call('ZREM', KEYS[4], redis.call('HGET', KEYS[1], 'id'))
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'status', 'canceled')
+  sdq_webhook(KEYS[1], 'job.canceled', 'canceled')
   return 'canceled'
 end
 if cur == 'running' then
@@ -163,11 +219,14 @@ if cur == 'running' then
 end
 return cur
 """
+)
 
 # KEYS: job, events, pending, lease, running.  ARGV: now, events_maxlen, max_attempts
 # A running job whose lease lapsed (its worker vanished) goes back to the queue, or fails when it
 # has used up its attempts. The caller re-sends the task when this returns 'requeued'.
-_REQUEUE = """
+_REQUEUE = (
+    _WEBHOOK_LUA
+    + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 local id = redis.call('HGET', KEYS[1], 'id')
 if cur ~= 'running' then
@@ -182,6 +241,7 @@ if attempts >= tonumber(ARGV[3]) then
     cjson.encode({code='worker_lost', message='the job was delivered ' .. attempts ..
     ' times and its worker died each time'}))
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'status', 'failed')
+  sdq_webhook(KEYS[1], 'job.failed', 'failed')
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'step', 0)
@@ -190,9 +250,12 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'stat
   'reason', 'requeued')
 return 'requeued'
 """
+)
 
 # KEYS: job, events, pending, deadlines.  ARGV: id, now, events_maxlen
-_EXPIRE = """
+_EXPIRE = (
+    _WEBHOOK_LUA
+    + """
 redis.call('ZREM', KEYS[4], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '')
@@ -201,8 +264,10 @@ redis.call('HSET', KEYS[1], 'status', 'expired', 'finished_at', ARGV[2], 'error'
   cjson.encode({code='expired', message='the job did not start before its deadline'}))
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'status', 'status', 'expired')
+sdq_webhook(KEYS[1], 'job.expired', 'expired')
 return 1
 """
+)
 
 # KEYS: lease.  ARGV: token, lease_ms
 _RENEW = """
@@ -244,6 +309,7 @@ class JobRecord:
     cancel_requested: bool = False
     deadline: float | None = None
     batch_id: str | None = None
+    webhook: WebhookSpec | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> JobRecord:
@@ -270,6 +336,7 @@ class JobRecord:
             cancel_requested=raw.get("cancel_requested") == "1",
             deadline=opt_float("deadline"),
             batch_id=raw.get("batch_id") or None,
+            webhook=WebhookSpec.model_validate_json(raw["webhook"]) if raw.get("webhook") else None,
         )
 
 
@@ -286,6 +353,13 @@ class StartOutcome:
 class JobEvent:
     id: str
     fields: dict[str, str]
+
+
+def webhook_events(webhook: WebhookSpec | None) -> str:
+    """The events a webhook wants, as the Lua scripts look them up: ",job.started,job.failed,"."""
+    if webhook is None or not webhook.events:
+        return ""
+    return "," + ",".join(event.value for event in webhook.events) + ","
 
 
 def new_job_id() -> str:
@@ -338,12 +412,14 @@ class JobStore:
         body_fingerprint: str = "",
         deadline: float | None = None,
         batch_id: str | None = None,
+        webhook: WebhookSpec | None = None,
     ) -> tuple[str, bool]:
         """Store a new queued job. Returns ``(job_id, created)``.
 
         With an idempotency key seen before, returns the earlier job and ``created=False``;
         raises :class:`IdempotencyConflict` when that key came with another body. A job still
-        queued at ``deadline`` (epoch seconds) ends ``expired`` instead of running.
+        queued at ``deadline`` (epoch seconds) ends ``expired`` instead of running. A
+        ``webhook`` (already checked) is told of the events it subscribed to.
         """
         job_id = new_job_id()
         idem_key = keys.idempotency(tenant, idempotency_key) if idempotency_key else ""
@@ -370,6 +446,8 @@ class JobStore:
                 keys.EVENTS_MAXLEN,
                 repr(deadline) if deadline is not None else "",
                 batch_id or "",
+                webhook.model_dump_json() if webhook is not None else "",
+                webhook_events(webhook),
             ],
         )
         if not int(created) and found_fp != body_fingerprint:

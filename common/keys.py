@@ -144,3 +144,75 @@ def batch_idempotency(tenant: str, key: str) -> str:
     """String: "<batch id> <request fingerprint>" for an Idempotency-Key on batch creation.
     TTL: settings.idempotency_ttl_s."""
     return f"{PREFIX}:idem:{tenant}:batch:{key}"
+
+
+# --- webhooks (common/webhooks.py, worker/webhooks.py) -----------------------------------------
+
+TASK_WEBHOOK_DELIVER = "sdq.webhook.deliver"
+# Consumer group of the webhook workers that turn outbox entries into deliveries.
+WEBHOOK_OUTBOX_GROUP = "dispatchers"
+# Outbox entries kept while no webhook worker reads them: a memory bound, not a retention policy.
+WEBHOOK_OUTBOX_MAXLEN = 1_000_000
+# Milliseconds an outbox entry may stay claimed by a dispatcher that stopped before it is
+# taken over by another (dispatching is idempotent, so a takeover never duplicates).
+WEBHOOK_OUTBOX_CLAIM_IDLE_MS = 60_000
+# Least milliseconds between two job.progress events of one job.
+WEBHOOK_PROGRESS_INTERVAL_MS = 1000
+# Deliveries due now that one poller round claims and sends to the webhooks queue.
+WEBHOOK_CLAIM_BATCH = 100
+# Seconds a claimed delivery waits for its task before it is due again (a lost message);
+# an attempt that starts renews it to the HTTP timeout plus this much.
+WEBHOOK_CLAIM_LEASE_S = 120
+# Retry delays are multiplied by a random factor in [1 - JITTER, 1 + JITTER].
+WEBHOOK_RETRY_JITTER = 0.2
+# A receiver's Retry-After (429/503) is honoured up to this many seconds.
+WEBHOOK_MAX_RETRY_AFTER_S = 24 * 3600
+# Response bytes read from a receiver (and discarded): a huge answer must not hold a thread.
+WEBHOOK_MAX_RESPONSE_BYTES = 64 * 1024
+
+
+def webhook_outbox() -> str:
+    """Stream: webhook events written atomically with the transition that caused them
+    (common/jobstore.py Lua); a consumer group of webhook workers turns them into deliveries."""
+    return f"{PREFIX}:webhooks:outbox"
+
+
+def webhook_due() -> str:
+    """Sorted set: delivery ids scored by when their next attempt is due (epoch s); a claimed
+    delivery is re-scored to the end of its lease, so a lost claim comes back by itself."""
+    return f"{PREFIX}:webhooks:due"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """Hash: one delivery of one event to one URL — body, webhook-id, state, claim, next
+    attempt. TTL: settings.job_ttl_s."""
+    return f"{PREFIX}:webhook:{delivery_id}"
+
+
+def webhook_attempts(delivery_id: str) -> str:
+    """List: JSON of each attempt of a delivery, in order. Same TTL as the delivery."""
+    return f"{PREFIX}:webhook:{delivery_id}:attempts"
+
+
+def subject_webhooks(kind: str, subject_id: str) -> str:
+    """List: delivery ids of a job's or batch's events (``kind`` 'job' or 'batch'), in order.
+    TTL: settings.job_ttl_s."""
+    return f"{PREFIX}:{kind}:{subject_id}:webhooks"
+
+
+def webhook_gone(tenant: str, url_digest: str) -> str:
+    """String: set when a receiver answered 410 Gone; deliveries to that URL stop until a new
+    job or batch names it again. TTL: settings.job_ttl_s."""
+    return f"{PREFIX}:webhooks:gone:{tenant}:{url_digest}"
+
+
+def tenant_webhook_secrets(tenant: str) -> str:
+    """String: a tenant's own signing secrets, comma-separated, newest first (override
+    settings.webhook_secret). No TTL."""
+    return f"{PREFIX}:tenant:{tenant}:webhook-secrets"
+
+
+def webhook_workers() -> str:
+    """Sorted set: webhook worker processes by last beat (epoch s); their beats are hashes at
+    :func:`worker` like the GPU workers', kept apart so they never count as GPU capacity."""
+    return f"{PREFIX}:webhook-workers"

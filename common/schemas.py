@@ -99,6 +99,63 @@ def _multiple_of_8(value: int) -> int:
 
 Dimension = Annotated[int, Field(ge=64, le=1024), AfterValidator(_multiple_of_8)]
 
+MAX_WEBHOOK_URL_CHARS = 2048
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook may be told. ``job.progress`` comes at most once a second per job."""
+
+    JOB_STARTED = "job.started"
+    JOB_PROGRESS = "job.progress"
+    JOB_SUCCEEDED = "job.succeeded"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELED = "job.canceled"
+    JOB_EXPIRED = "job.expired"
+    BATCH_COMPLETED = "batch.completed"
+
+
+JOB_TERMINAL_EVENTS = (
+    WebhookEvent.JOB_SUCCEEDED,
+    WebhookEvent.JOB_FAILED,
+    WebhookEvent.JOB_CANCELED,
+    WebhookEvent.JOB_EXPIRED,
+)
+JOB_EVENTS = frozenset({WebhookEvent.JOB_STARTED, WebhookEvent.JOB_PROGRESS, *JOB_TERMINAL_EVENTS})
+
+
+class WebhookSpec(BaseModel):
+    """Where to POST a job's (or a batch's) events, and which ones. Without ``events``: the
+    terminal ones of a job (succeeded, failed, canceled, expired), or a batch's completion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_WEBHOOK_URL_CHARS)] = Field(
+        description="https URL of the receiver (checked at submit: public addresses only)"
+    )
+    events: list[WebhookEvent] | None = Field(
+        None, min_length=1, max_length=len(WebhookEvent), description="Events to send"
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, events: list[WebhookEvent] | None) -> list[WebhookEvent] | None:
+        return None if events is None else sorted(set(events), key=list(WebhookEvent).index)
+
+    def for_job(self) -> WebhookSpec:
+        """Checked for a job: job events only, the terminal ones by default."""
+        events = self.events or list(JOB_TERMINAL_EVENTS)
+        wrong = [e.value for e in events if e not in JOB_EVENTS]
+        if wrong:
+            raise ValueError(f"a job's webhook cannot subscribe to {wrong}")
+        return self.model_copy(update={"events": events})
+
+    def for_batch(self) -> WebhookSpec:
+        """Checked for a batch: only batch.completed, which is also the default."""
+        events = self.events or [WebhookEvent.BATCH_COMPLETED]
+        if events != [WebhookEvent.BATCH_COMPLETED]:
+            raise ValueError("a batch's webhook can only subscribe to ['batch.completed']")
+        return self.model_copy(update={"events": events})
+
 
 class JobCreate(BaseModel):
     """A text-to-image request, as clients send it to ``POST /v1/jobs``."""
@@ -134,6 +191,14 @@ class JobCreate(BaseModel):
         description="Deadline to start by (RFC 3339 with a time zone); still queued then, "
         "the job ends 'expired'. The Cancel-After header sets one too.",
     )
+    webhook: WebhookSpec | None = Field(
+        None, description="Signed POSTs of the job's events (Standard Webhooks)"
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _job_webhook(cls, webhook: WebhookSpec | None) -> WebhookSpec | None:
+        return webhook.for_job() if webhook is not None else None
 
     @field_validator("negative_prompt")
     @classmethod
@@ -155,7 +220,9 @@ class JobCreate(BaseModel):
         if isinstance(negative, str):
             negative = [negative] * len(self.prompts)
         return JobRequest(
-            **self.model_dump(exclude={"prompt", "negative_prompt", "seed", "expires_at"}),
+            **self.model_dump(
+                exclude={"prompt", "negative_prompt", "seed", "expires_at", "webhook"}
+            ),
             prompt=self.prompts,
             negative_prompt=negative,
             seed=self.seed if self.seed is not None else secrets.randbelow(MAX_SEED + 1),
@@ -247,6 +314,7 @@ class JobPublic(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     expires_at: datetime | None = Field(None, description="Deadline to start by, if any")
     batch_id: str | None = Field(None, description="The batch this job is a row of, if any")
+    webhook: WebhookSpec | None = Field(None, description="Where its events are sent, if anywhere")
     result: JobResult | None = None
     error: JobError | None = None
     attempts: int = 0

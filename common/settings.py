@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -149,12 +151,68 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = Field(False, description="write full prompts into the logs")
 
-    @field_validator("content_policy_terms", mode="before")
+    # --- webhooks (README: "Webhooks") -------------------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="whsec_<base64> signing secret; comma-separated during a rotation, newest "
+        "first (every one signs). Unset: jobs with a webhook are refused",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a receiver must answer 2xx within this, all included"
+    )
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        (0, 5, 300, 1800, 7200, 18000, 36000, 36000),
+        description="comma-separated seconds before each attempt (the first is immediate)",
+    )
+    webhook_allow_http: bool = Field(False, description="accept http:// receivers (not only https)")
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="comma-separated host names, IP addresses or CIDR networks that receivers "
+        "may be on although they are not public (internal receivers)",
+    )
+    webhook_queue: str = Field("webhooks", description="Celery queue of webhook deliveries")
+    webhook_concurrency: int = Field(
+        16, ge=1, le=1000, description="deliveries one webhook worker process makes at once"
+    )
+    webhook_poll_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often webhook workers look for retries that are due"
+    )
+
+    @field_validator(
+        "content_policy_terms", "webhook_retry_schedule", "webhook_allowed_hosts", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(term.strip() for term in value.split(",") if term.strip())
         return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not 1 <= len(value) <= 50 or any(not 0 <= delay <= 7 * 24 * 3600 for delay in value):
+            raise ValueError("1-50 delays, each 0-604800 seconds")
+        return value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes ${SDQ_WEBHOOK_SECRET:-} as "": webhooks off, not a malformed secret.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_webhook_secrets(value.get_secret_value())  # raises when one is malformed
+        return value
+
+    @property
+    def webhook_secrets(self) -> list[bytes]:
+        """The signing keys (decoded), newest first; empty when webhooks are off."""
+        if self.webhook_secret is None:
+            return []
+        return decode_webhook_secrets(self.webhook_secret.get_secret_value())
 
     @model_validator(mode="after")
     def _production_is_locked_down(self) -> Settings:
@@ -202,6 +260,24 @@ class Settings(BaseSettings):
     def soft_time_limit_s(self) -> int:
         """Soft limit: the job gets a chance to fail cleanly before the hard kill."""
         return max(self.job_time_limit_s - 30, int(self.job_time_limit_s * 0.9))
+
+
+def decode_webhook_secrets(value: str) -> list[bytes]:
+    """``whsec_<base64>`` secrets, comma-separated, as HMAC keys (Standard Webhooks)."""
+    keys = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        body = part.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if part == body or not 16 <= len(key) <= 64:
+            # Never echo the value: it is a secret.
+            raise ValueError("each webhook secret must be whsec_ + base64 of 16-64 random bytes")
+        keys.append(key)
+    if not keys:
+        raise ValueError("no webhook secret given")
+    return keys
 
 
 @lru_cache

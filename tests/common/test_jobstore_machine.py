@@ -1,5 +1,7 @@
 """A Hypothesis state machine over the job store: whatever happens, in whatever order, no
-transition leaves a terminal state and every terminal transition emits exactly one event."""
+transition leaves a terminal state and every terminal transition emits exactly one event —
+and, for a job with a webhook, exactly one webhook event in the outbox (and at most one
+job.started, however often the job was started)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ from hypothesis.stateful import (
 
 from common import keys
 from common.jobstore import JobStore
-from common.schemas import TERMINAL_STATUSES, JobCreate, JobError, JobStatus
+from common.schemas import TERMINAL_STATUSES, JobCreate, JobError, JobStatus, WebhookSpec
 
 TERMINAL = sorted(TERMINAL_STATUSES)
+WEBHOOK = WebhookSpec(
+    url="https://hooks.example/m", events=["job.started", *[f"job.{s}" for s in TERMINAL]]
+).for_job()
 
 
 class JobStoreMachine(RuleBasedStateMachine):
@@ -33,11 +38,15 @@ class JobStoreMachine(RuleBasedStateMachine):
         self.tokens: dict[str, str] = {}
         self.ended: dict[str, JobStatus] = {}  # first terminal status seen per job
 
-    @rule(target=jobs, with_deadline=st.booleans())
-    def create(self, with_deadline: bool) -> str:
+    @rule(target=jobs, with_deadline=st.booleans(), with_webhook=st.booleans())
+    def create(self, with_deadline: bool, with_webhook: bool) -> str:
         deadline = time.time() - 1 if with_deadline else None
         job_id, _ = self.store.create(
-            JobCreate(prompt="m").normalised(), tenant="t-machine", queue="q-m", deadline=deadline
+            JobCreate(prompt="m").normalised(),
+            tenant="t-machine",
+            queue="q-m",
+            deadline=deadline,
+            webhook=WEBHOOK if with_webhook else None,
         )
         return job_id
 
@@ -90,6 +99,18 @@ class JobStoreMachine(RuleBasedStateMachine):
             terminal_events = [e for e in events if JobStatus(e).is_terminal]
             assert len(terminal_events) == (1 if status.is_terminal else 0), (job_id, events)
             assert events[-1] == status.value
+            started = bool(self.store.redis.hget(keys.job(job_id), "started_at"))
+            self._check_webhook_events(job_id, status, started=started)
+
+    def _check_webhook_events(self, job_id: str, status: JobStatus, *, started: bool) -> None:
+        if not self.store.redis.hget(keys.job(job_id), "webhook"):
+            return
+        outbox = self.store.redis.xrange(keys.webhook_outbox())
+        sent = [fields["event"] for _, fields in outbox if fields["subject"] == job_id]
+        expected = ["job.started"] if started else []
+        if status.is_terminal:
+            expected.append(f"job.{status.value}")
+        assert sorted(sent) == sorted(expected), (job_id, sent)
 
     def _statuses(self) -> dict[str, str]:
         ids = self.store.redis.zrange(keys.tenant_jobs("t-machine"), 0, -1)
@@ -98,6 +119,7 @@ class JobStoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for job_id in self.store.redis.zrange(keys.tenant_jobs("t-machine"), 0, -1):
             self.store.discard(job_id, tenant="t-machine")
+        self.store.redis.delete(keys.webhook_outbox())
         self.store.redis.close()
 
 
