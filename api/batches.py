@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api import admission
+from api import admission, webhooks
 from api.deps import Services
 from api.errors import ApiError, describe_validation
 from common import keys, metrics
@@ -37,7 +37,9 @@ from common.schemas import (
     OutputFormat,
     Prompt,
     Scheduler,
+    WebhookSpec,
 )
+from common.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,14 @@ class BatchOptions(BaseModel):
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=MAX_METADATA_ITEMS, description="Echoed back"
     )
+    webhook: WebhookSpec | None = Field(
+        None, description="Signed POST of batch.completed when every job has ended"
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _batch_webhook(cls, webhook: WebhookSpec | None) -> WebhookSpec | None:
+        return webhook.for_batch() if webhook is not None else None
 
 
 class BatchCreate(BatchOptions):
@@ -123,6 +133,7 @@ class BatchPublic(BaseModel):
     counts: dict[str, int] = Field(description="Jobs per status")
     fraction_done: float = Field(description="Jobs that ended / total, 0.0-1.0")
     metadata: dict[str, str] = Field(default_factory=dict)
+    webhook: WebhookSpec | None = Field(None, description="Where batch.completed is sent")
     error: str | None = Field(None, description="Why the batch could not be submitted")
     results: BatchResults | None = Field(None, description="The manifest, once finished")
     links: dict[str, str] = Field(default_factory=dict)
@@ -256,12 +267,15 @@ def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
     return parsed
 
 
-def upload_options(parameters: str | None, metadata: str | None) -> BatchOptions:
-    """The shared parameters and metadata of an upload (JSON form fields), checked."""
+def upload_options(
+    parameters: str | None, metadata: str | None, webhook: str | None = None
+) -> BatchOptions:
+    """The shared parameters, metadata and webhook of an upload (JSON form fields), checked."""
     try:
         return BatchOptions(
             parameters=parse_json_field(parameters, "parameters"),
             metadata=parse_json_field(metadata, "metadata"),
+            webhook=parse_json_field(webhook, "webhook") or None,
         )
     except ValidationError as exc:
         message, details = describe_validation(list(exc.errors()))
@@ -339,6 +353,7 @@ def submit(
     bodies: list[JobCreate],
     metadata: dict[str, str],
     idempotency_key: str | None = None,
+    webhook: WebhookSpec | None = None,
 ) -> BatchRecord:
     """Check every row, then store the batch and fan out one job per row on the batch queue.
 
@@ -347,18 +362,20 @@ def submit(
     (and the same rows), the earlier batch is returned and nothing new is made."""
     requests = [body.normalised() for body in bodies]
     admit_rows(services, tenant, requests)
+    webhooks.check(services, tenant, webhook)
     batches = batch_store(services)
     batch_id = new_job_id()
     idem = keys.batch_idempotency(tenant, idempotency_key) if idempotency_key else None
     if idem is not None:
-        digest = fingerprint(
-            {"rows": [b.model_dump(mode="json") for b in bodies], "metadata": metadata}
-        )
+        described = {"rows": [b.model_dump(mode="json") for b in bodies], "metadata": metadata}
+        if webhook is not None:
+            described["webhook"] = webhook.model_dump(mode="json")
+        digest = fingerprint(described)
         earlier = _claim_key(services, idem, batch_id, digest)
         if earlier is not None:
             return batches.get(earlier)
     try:
-        _fan_out(services, tenant, batch_id, requests, metadata)
+        _fan_out(services, tenant, batch_id, requests, metadata, webhook)
     except Exception:
         if idem is not None:
             services.store.redis.delete(idem)  # a retry may try again
@@ -389,10 +406,11 @@ def _fan_out(
     batch_id: str,
     requests: list[JobRequest],
     metadata: dict[str, str],
+    webhook: WebhookSpec | None = None,
 ) -> None:
     store, batches = services.store, batch_store(services)
     queue = services.settings.batch_queue_name
-    batches.create(batch_id, tenant=tenant, total=len(requests), metadata=metadata)
+    batches.create(batch_id, tenant=tenant, total=len(requests), metadata=metadata, webhook=webhook)
     made: list[str] = []
     try:
         for start in range(0, len(requests), FANOUT_CHUNK):
@@ -441,14 +459,18 @@ def cancel(services: Services, tenant: str, batch_id: str) -> BatchRecord:
 
 def view(services: Services, batch: BatchRecord) -> BatchPublic:
     """The batch with its counts (finishing it if every job ended) and fresh manifest URLs."""
-    batches = batch_store(services)
+    return batch_public(batch_store(services), services.storage, batch)
+
+
+def batch_public(batches: BatchStore, storage: Storage, batch: BatchRecord) -> BatchPublic:
+    """:func:`view` from the stores alone (the webhook worker renders batch.completed so)."""
     batch, counts = batches.refresh(batch)
     ended = sum(n for status, n in counts.items() if JobStatus(status).is_terminal)
     results = None
     if batch.finished_at is not None and not batch.error:
         results = BatchResults(
-            results_jsonl=_file(services, results_key(batch.id)),
-            predictions_csv=_file(services, predictions_key(batch.id)),
+            results_jsonl=_file(storage, results_key(batch.id)),
+            predictions_csv=_file(storage, predictions_key(batch.id)),
         )
     base = f"/v1/batches/{batch.id}"
     return BatchPublic(
@@ -460,14 +482,15 @@ def view(services: Services, batch: BatchRecord) -> BatchPublic:
         counts=counts,
         fraction_done=round(ended / batch.total, 4) if batch.total else 1.0,
         metadata=batch.metadata,
+        webhook=batch.webhook,
         error=batch.error,
         results=results,
         links={"self": base, "cancel": f"{base}/cancel"},
     )
 
 
-def _file(services: Services, key: str) -> BatchFile:
-    url, expires_at = services.storage.presign(key)
+def _file(storage: Storage, key: str) -> BatchFile:
+    url, expires_at = storage.presign(key)
     return BatchFile(key=key, url=url, expires_at=expires_at)
 
 

@@ -9,7 +9,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from api import admission
+from api import admission, webhooks
 from api.deps import Services
 from api.errors import ApiError
 from common import keys, metrics
@@ -34,6 +34,7 @@ def submit(
     settings, store = services.settings, services.store
     request = body.normalised()
     admission.admit(store, settings, services.content_policy, tenant, request)
+    webhooks.check(services, tenant, body.webhook)
     try:
         job_id, created = store.create(
             request,
@@ -42,6 +43,7 @@ def submit(
             idempotency_key=idempotency_key,
             body_fingerprint=fingerprint(body.model_dump(mode="json")),
             deadline=start_deadline(body, cancel_after_s),
+            webhook=body.webhook,
         )
     except IdempotencyConflict as exc:
         raise ApiError(

@@ -13,7 +13,7 @@ from api.deps import Services
 from api.errors import install_error_handlers
 from api.metrics import HttpMetricsMiddleware
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api.routes import batches, events, health, images, jobs, metrics, score
+from api.routes import batches, events, health, images, jobs, metrics, score, webhooks
 from api.routes.web import install_web
 from common.jobstore import JobStore
 from common.queue import JobQueue, make_celery
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)  # outermost: its log line sees every answer
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    app.include_router(webhooks.router)
     app.include_router(score.router)
     app.include_router(images.router)
     app.include_router(events.router)

@@ -13,9 +13,12 @@ def _when(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
 
 
-def job_links(job_id: str) -> dict[str, str]:
+def job_links(job_id: str, *, webhook: bool = False) -> dict[str, str]:
     base = f"/v1/jobs/{job_id}"
-    return {"self": base, "cancel": f"{base}/cancel"}
+    links = {"self": base, "cancel": f"{base}/cancel"}
+    if webhook:
+        links["webhooks"] = f"{base}/webhooks"
+    return links
 
 
 def job_public(record: JobRecord, store: JobStore, storage: Storage) -> JobPublic:
@@ -42,10 +45,11 @@ def job_public(record: JobRecord, store: JobStore, storage: Storage) -> JobPubli
         metadata=record.request.metadata,
         expires_at=_when(record.deadline),
         batch_id=record.batch_id,
+        webhook=record.webhook,
         result=result,
         error=record.error,
         attempts=record.attempts,
         worker=record.worker,
         timings=record.timings or {},
-        links=job_links(record.id),
+        links=job_links(record.id, webhook=record.webhook is not None),
     )

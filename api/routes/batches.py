@@ -12,7 +12,7 @@ from api import batches
 from api.batches import BatchCreate, BatchParameters, BatchPublic, RawRow
 from api.deps import Services, ServicesDep, TenantDep
 from api.routes.jobs import require_json
-from common.schemas import ErrorResponse
+from common.schemas import ErrorResponse, WebhookSpec
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -37,9 +37,10 @@ def _create(
     shared: BatchParameters,
     metadata: dict[str, str],
     idempotency_key: str | None,
+    webhook: WebhookSpec | None = None,
 ) -> JSONResponse:
     bodies = batches.build_jobs(rows, shared)
-    record = batches.submit(services, tenant, bodies, metadata, idempotency_key)
+    record = batches.submit(services, tenant, bodies, metadata, idempotency_key, webhook)
     batch = batches.view(services, record)
     return JSONResponse(
         batch.model_dump(mode="json"), status_code=202, headers={"Location": batch.links["self"]}
@@ -62,7 +63,14 @@ async def create_batch(
     """Create a batch from a JSON list of prompts: one job per row, on the batch queue."""
     rows = batches.json_rows(body.prompts)
     return await run_in_threadpool(
-        _create, services, tenant, rows, body.parameters, body.metadata, idempotency_key
+        _create,
+        services,
+        tenant,
+        rows,
+        body.parameters,
+        body.metadata,
+        idempotency_key,
+        body.webhook,
     )
 
 
@@ -73,14 +81,24 @@ async def upload_batch(
     file: Annotated[UploadFile, File(description="CSV with a 'prompt' column, or JSON Lines")],
     parameters: Annotated[str | None, Form(description="JSON object: shared parameters")] = None,
     metadata: Annotated[str | None, Form(description="JSON object: string metadata")] = None,
+    webhook: Annotated[
+        str | None, Form(description='JSON object: {"url": ..., "events": ["batch.completed"]}')
+    ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Create a batch from an uploaded CSV or JSONL file of prompts."""
-    options = batches.upload_options(parameters, metadata)
+    options = batches.upload_options(parameters, metadata, webhook)
     data = await file.read()
     rows = await run_in_threadpool(batches.file_rows, data, file.filename, file.content_type)
     return await run_in_threadpool(
-        _create, services, tenant, rows, options.parameters, options.metadata, idempotency_key
+        _create,
+        services,
+        tenant,
+        rows,
+        options.parameters,
+        options.metadata,
+        idempotency_key,
+        options.webhook,
     )
 
 
