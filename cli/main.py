@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from cli import keys
+from cli import keys, webhooks
 from common.logs import configure_logging
 from common.schemas import OutputFormat, Scheduler
 from common.settings import get_settings
@@ -33,9 +33,19 @@ def _worker(args: argparse.Namespace) -> int:
     # is a soft shutdown: the job gets SDQ_SHUTDOWN_GRACE_S, then goes back to the queue.
     # billiard reads this when it is first imported, so set it before importing the worker.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    settings = get_settings()
+    queues = [q.strip() for q in (args.queues or "").split(",") if q.strip()]
+    if settings.webhook_queue in queues:
+        if len(queues) > 1:
+            print(
+                f"sdq worker: serve {settings.webhook_queue!r} in a worker of its own "
+                "(webhook deliveries must never wait behind a GPU job)",
+                file=sys.stderr,
+            )
+            return 2
+        return _webhook_worker(args)
     from worker.app import app
 
-    settings = get_settings()
     argv = [
         "worker",
         # Interactive first: with the "priority" queue order, batch jobs run only when no
@@ -43,6 +53,26 @@ def _worker(args: argparse.Namespace) -> int:
         f"--queues={args.queues or f'{settings.queue},{settings.batch_queue_name}'}",
         "--concurrency=1",  # one process per GPU
         "--pool=prefork",  # the pipeline lives in the child; a crash there loses no message
+        "--without-mingle",
+        "--without-gossip",
+        f"--loglevel={settings.log_level}",
+    ]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0
+
+
+def _webhook_worker(args: argparse.Namespace) -> int:
+    """A CPU worker for webhook deliveries: threads, no pipeline, no torch."""
+    from worker.webhook_app import app
+
+    settings = get_settings()
+    argv = [
+        "worker",
+        f"--queues={settings.webhook_queue}",
+        "--pool=threads",  # deliveries wait on receivers: threads, not processes
+        f"--concurrency={settings.webhook_concurrency}",
         "--without-mingle",
         "--without-gossip",
         f"--loglevel={settings.log_level}",
@@ -106,11 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_api)
 
-    p = sub.add_parser("worker", help="run a GPU worker (one per GPU)")
+    p = sub.add_parser(
+        "worker",
+        help=f"run a GPU worker (one per GPU), or with --queues {settings.webhook_queue} "
+        "a CPU webhook worker",
+    )
     p.add_argument(
         "--queues",
         help=f"comma-separated queues, first served first (default "
-        f"{settings.queue},{settings.batch_queue_name})",
+        f"{settings.queue},{settings.batch_queue_name}); '{settings.webhook_queue}' alone "
+        "runs a webhook worker (no pipeline)",
     )
     p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
     p.set_defaults(func=_worker)
@@ -132,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_up)
 
     keys.add_parser(sub)
+    webhooks.add_parser(sub)
 
     client_args = argparse.ArgumentParser(add_help=False)
     client_args.add_argument("--api-url", default=settings.api_url)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import signal
 import sys
 import time
@@ -54,6 +56,7 @@ def run_stack(args: argparse.Namespace) -> int:
         env["SDQ_AUTH_ENABLED"] = "true" if args.auth else "false"
         env.setdefault("SDQ_MODEL", "tiny")
         logs = data_dir / "logs"
+        services.append(_webhook_worker(env, logs))
         for n in range(args.workers):
             proc = spawn(
                 "worker",
@@ -89,6 +92,19 @@ def run_stack(args: argparse.Namespace) -> int:
         print("stopped", file=sys.stderr)
 
 
+def _webhook_worker(env: dict[str, str], logs: Path) -> Service:
+    """A CPU webhook worker, with a signing secret for this session unless one is set."""
+    if not env.get("SDQ_WEBHOOK_SECRET"):
+        env["SDQ_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    proc = spawn(
+        "webhooks",
+        sdq_command("worker", "--queues", "webhooks", "--hostname", "webhooks@%h"),
+        log_path=logs / "webhooks.log",
+        env=env,
+    )
+    return Service("webhooks", proc, log_path=logs / "webhooks.log")
+
+
 def _report(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> None:
     api = f"http://{args.host}:{args.port}"
     bucket = env.get("SDQ_S3_BUCKET", "sdq")
@@ -105,6 +121,7 @@ def _report(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> No
                 f"  S3        {env['SDQ_S3_ENDPOINT_URL']}  bucket {bucket}",
                 f"  model     {env['SDQ_MODEL']}  ({args.workers} worker(s))",
                 f"  auth      {_auth_line(args, env)}",
+                f"  webhooks  signed with {env['SDQ_WEBHOOK_SECRET']} (SDQ_WEBHOOK_SECRET)",
                 f"  data      {data_dir}   logs in {data_dir / 'logs'}",
                 f"  try:      sdq submit --api-url {api} --wait 'an astronaut riding a horse'",
             ]

@@ -33,8 +33,14 @@ def node_name(pattern: str) -> str:
 
 
 def heartbeats(client: redis.Redis, node: str) -> list[dict[str, str]]:
-    """The live heartbeats of the node's worker processes (named ``node:pid``)."""
-    names = [n for n in client.zrange(keys.workers(), 0, -1) if n.startswith(f"{node}:")]
+    """The live heartbeats of the node's worker processes (named ``node:pid``), GPU workers'
+    and webhook workers' alike."""
+    names = [
+        n
+        for index in (keys.workers(), keys.webhook_workers())
+        for n in client.zrange(index, 0, -1)
+        if n.startswith(f"{node}:")
+    ]
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hgetall(keys.worker(name))
