@@ -420,8 +420,7 @@ def public(delivery: Delivery, attempts: list[str]) -> WebhookDelivery:
 def render(event: str, at: float, data: dict[str, Any]) -> bytes:
     """The body, exactly as it is signed and sent: ``{"type", "timestamp", "data"}``."""
     stamp = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    # ASCII (non-ASCII as \u escapes): any text a job holds, even a lone surrogate, encodes.
     return json.dumps(
-        {"type": event, "timestamp": stamp, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
+        {"type": event, "timestamp": stamp, "data": data}, separators=(",", ":")
     ).encode()

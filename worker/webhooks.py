@@ -28,8 +28,10 @@ import certifi
 import httpcore
 import redis
 
+from api.batches import batch_public
+from api.views import job_public
 from common import keys, metrics
-from common.batches import BatchNotFound, BatchStore
+from common.batches import BatchNotFound, BatchRecord, BatchStore
 from common.jobstore import JobRecord, JobStore
 from common.settings import Settings
 from common.ssrf import Resolver, Target, UrlRefused, check_url, system_resolver
@@ -437,14 +439,11 @@ class Dispatcher:
 
 
 def _job_data(record: JobRecord, jobs: JobStore, storage: Storage) -> dict:
-    from api.views import job_public  # the one place a job is turned into what clients see
-
+    # api.views is the one place a job becomes what clients see: GET and webhooks agree.
     return job_public(record, jobs, storage).model_dump(mode="json")
 
 
-def _batch_data(batches: BatchStore, storage: Storage, batch: object) -> dict:
-    from api.batches import batch_public
-
+def _batch_data(batches: BatchStore, storage: Storage, batch: BatchRecord) -> dict:
     return batch_public(batches, storage, batch).model_dump(mode="json")
 
 

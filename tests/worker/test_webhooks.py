@@ -16,7 +16,7 @@ import pytest
 import trustme
 from standardwebhooks import Webhook
 
-from common import keys
+from common import keys, metrics
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.ssrf import check_url
@@ -175,6 +175,10 @@ def _delivery(deliverer: Deliverer, receiver: Receiver, path: str) -> str:
     return delivery_id
 
 
+def _counted(outcome: str) -> float:
+    return metrics.WEBHOOK_DELIVERIES.labels(event="job.succeeded", outcome=outcome)._value.get()
+
+
 def _claim(deliverer: Deliverer, delivery_id: str, lease_s: float = 60) -> str:
     claims = dict(deliverer.webhooks.claim_due(limit=1000, lease_s=lease_s))
     return claims[delivery_id]
@@ -185,7 +189,9 @@ def test_fails_twice_then_succeeds_three_attempts_one_webhook_id(
 ) -> None:
     receiver.script("/flaky", Reply(500), Reply(502))
     delivery_id = _delivery(deliverer, receiver, "/flaky")
+    before = {o: _counted(o) for o in ("retry", "delivered")}
     states = [deliverer.deliver(delivery_id, _claim(deliverer, delivery_id)) for _ in range(3)]
+    assert {o: _counted(o) - n for o, n in before.items()} == {"retry": 2, "delivered": 1}
 
     assert states == [DeliveryState.PENDING, DeliveryState.PENDING, DeliveryState.DELIVERED]
     got = receiver.received("/flaky")
