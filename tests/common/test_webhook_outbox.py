@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,8 +17,14 @@ QUEUE = "sdq.outbox-test"
 
 
 @pytest.fixture
-def store(redis_server) -> JobStore:
-    return JobStore.from_url(redis_server.extra["url"], job_ttl_s=600, idempotency_ttl_s=600)
+def store(redis_server) -> Iterator[JobStore]:
+    # A database of its own: no webhook worker of other tests dispatches these events, and
+    # no worker's reaper touches these jobs.
+    url = redis_server.extra["url"].removesuffix("/0") + "/3"
+    store = JobStore.from_url(url, job_ttl_s=600, idempotency_ttl_s=600)
+    yield store
+    store.redis.flushdb()
+    store.redis.close()
 
 
 def _create(store: JobStore, events: list[str] | None = None, *, webhook: bool = True) -> str:
