@@ -4,8 +4,9 @@
 
 Measures requests/s and p50/p99 latency of ``POST /v1/jobs`` and ``GET /v1/jobs/{id}``, and of
 a bare FastAPI endpoint that does one Redis write, on the same Redis, as the floor. Jobs go to a
-queue no worker consumes. The load generator is an asyncio httpx client in its own process; on
-a 2-core machine it competes with the server for CPU, so read the ratio more than the totals.
+queue no worker consumes. The load generator is ``wrk`` (Debian's package) when installed, else
+an asyncio httpx client, in its own process; on a 2-core machine it competes with the server for
+CPU, so read the ratio more than the totals.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,10 +68,39 @@ async def _load(url: str, method: str, body: dict | None, concurrency: int, seco
 
 def run_client(url: str, method: str, body: dict | None, concurrency: int, seconds: float) -> dict:
     """The load generator, in a second process."""
+    if shutil.which("wrk"):
+        return _wrk(url, method, body, concurrency, seconds)
     command = [sys.executable, __file__, "--client", url, method, json.dumps(body),
                str(concurrency), str(seconds)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
+
+
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _wrk(url: str, method: str, body: dict | None, concurrency: int, seconds: float) -> dict:
+    script = Path(tempfile.mkdtemp()) / "request.lua"
+    script.write_text(
+        f"wrk.method = {json.dumps(method)}\n"
+        f"wrk.body = {json.dumps(json.dumps(body) if body else '')}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    command = ["wrk", "-t2", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+               "-s", str(script), url]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    def latency(percent: str) -> float:
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+        return float(value) * _UNIT_S[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
 def main() -> int:
@@ -110,7 +143,11 @@ def main() -> int:
         bare.terminate()
         bare.wait()
         stack.stop()
-    print(f"one uvicorn process, {args.concurrency} concurrent clients, {args.seconds:.0f}s each")
+    generator = "wrk -t2" if shutil.which("wrk") else "an asyncio httpx client"
+    print(
+        f"one uvicorn process, {args.concurrency} connections from {generator}, "
+        f"{args.seconds:.0f}s each"
+    )
     bare_rps = results["bare POST (1 Redis write)"]["rps"]
     for name, r in results.items():
         print(

@@ -40,16 +40,23 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def latency(http: httpx.Client, jobs: int) -> tuple[list[float], list[float]]:
-    e2e, inference = [], []
+def latency(http: httpx.Client, jobs: int) -> dict[str, list[float]]:
+    """End-to-end seconds per job, and the worker's own timings of each part."""
+    parts: dict[str, list[float]] = {
+        "end-to-end": [],
+        "queue_s": [],
+        "inference_s": [],
+        "upload_s": [],
+    }
     for _ in range(jobs):
         started = time.perf_counter()
         response = http.post("/v1/jobs", json=BODY, headers={"Prefer": "wait=30"})
-        e2e.append(time.perf_counter() - started)
+        parts["end-to-end"].append(time.perf_counter() - started)
         job = response.json()
         assert job["status"] == "succeeded", job
-        inference.append(job["timings"]["inference_s"])
-    return e2e, inference
+        for name in ("queue_s", "inference_s", "upload_s"):
+            parts[name].append(job["timings"][name])
+    return parts
 
 
 def throughput(http: httpx.Client, jobs: int) -> float:
@@ -104,14 +111,17 @@ def main() -> int:
         stack.wait_workers()
         with httpx.Client(base_url=stack.url, timeout=60) as http:
             latency(http, 10)  # warm-up
-            e2e, inference = latency(http, args.jobs)
+            parts = latency(http, args.jobs)
             jobs_per_s = throughput(http, args.jobs)
         celery = bare_celery(stack, args.jobs)
     finally:
         stack.stop()
+    e2e, inference = parts["end-to-end"], parts["inference_s"]
     overhead = [total - gen for total, gen in zip(e2e, inference, strict=True)]
     print(f"{args.jobs} jobs, tiny model 64x64 1 step, one worker, sequential with Prefer: wait")
-    for name, values in (("end-to-end", e2e), ("generation", inference), ("overhead", overhead)):
+    rows = [("end-to-end", e2e), ("generation", inference), ("overhead", overhead)]
+    rows += [(f"  of which {name}", parts[name]) for name in ("queue_s", "upload_s")]
+    for name, values in rows:
         p50, p95 = pct(values, 50) * 1000, pct(values, 95) * 1000
         print(f"  {name:12s} p50 {p50:6.1f} ms   p95 {p95:6.1f} ms")
     print(

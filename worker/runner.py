@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -172,6 +173,7 @@ class JobRunner:
         self._on_change = on_change
         self._count_lock = threading.Lock()
         self.uploader = Uploader(settings.upload_threads, max_in_flight=2 * settings.max_batch)
+        self._puts = ThreadPoolExecutor(max_workers=8, thread_name_prefix="put")
 
     def run(self, job_id: str) -> None:
         lead = self._claim(job_id)
@@ -335,6 +337,7 @@ class JobRunner:
         record, request = claim.record, claim.record.request
         fmt = request.output_format
         images: list[ImageResult] = []
+        objects: list[tuple[str, bytes, str]] = []
         for n, (pixels, flagged) in enumerate(zip(generation.images, generation.nsfw, strict=True)):
             key = keys_s3.image_key(record.id, n, extension(fmt))
             body = encode_image(
@@ -343,7 +346,7 @@ class JobRunner:
                 png_compress_level=self.settings.png_compress_level,
                 quality=self.settings.jpeg_quality,
             )
-            self._put(key, body, fmt.content_type)
+            objects.append((key, body, fmt.content_type))
             images.append(
                 ImageResult(
                     key=key,
@@ -370,7 +373,12 @@ class JobRunner:
             "nsfw_policy": "images flagged by the safety checker are replaced by black images",
             "timings": claim.timings.model_dump(mode="json"),
         }
-        self._put(result.manifest_key, json.dumps(manifest, indent=2).encode(), "application/json")
+        objects.append(
+            (result.manifest_key, json.dumps(manifest, indent=2).encode(), "application/json")
+        )
+        # All objects at once: a job waits for one round trip to storage, not one per object.
+        for put in [self._puts.submit(self._put, *obj) for obj in objects]:
+            put.result()  # StorageUnavailable surfaces here
         return result
 
     def _put(self, key: str, body: bytes, content_type: str) -> None:
