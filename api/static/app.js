@@ -12,6 +12,33 @@ const form = $("#job-form");
 const keyInput = $("#api-key");
 const jobsList = $("#jobs");
 const following = new Set();
+// Browsers open at most 6 HTTP/1.1 connections per host; each event stream holds one. Leave
+// room for the page's own requests: at most MAX_STREAMS at once. A job submitted here always
+// gets one, taking it from a listed job if need be (that card stops updating live); listed jobs
+// only use free ones.
+const MAX_STREAMS = 3;
+const streams = new Map(); // job id -> { controller, mine }
+const waitingForStream = [];
+
+async function openStream(jobId, mine) {
+  if (streams.size >= MAX_STREAMS && mine) {
+    const borrowed = [...streams.entries()].find(([, stream]) => !stream.mine);
+    if (borrowed) borrowed[1].controller.abort();
+  }
+  if (streams.size >= MAX_STREAMS) {
+    if (!mine) return null;
+    await new Promise((resolve) => waitingForStream.push(resolve));
+  }
+  const stream = { controller: new AbortController(), mine };
+  streams.set(jobId, stream);
+  return stream;
+}
+
+function closeStream(jobId) {
+  if (!streams.delete(jobId)) return;
+  const next = waitingForStream.shift();
+  if (next) next();
+}
 
 function authHeaders(extra = {}) {
   const headers = { ...extra };
@@ -71,7 +98,7 @@ async function submitJob(event) {
     }
     const job = await response.json();
     const card = cardFor(job, true);
-    follow(job.id, card);
+    follow(job.id, card, { mine: true });
   } catch (err) {
     formError.textContent = `could not reach the API: ${err}`;
   } finally {
@@ -173,16 +200,24 @@ async function* readEvents(body) {
 }
 
 // Follow one job until its final "job" event, reconnecting with Last-Event-ID after a drop.
-async function follow(jobId, card) {
+async function follow(jobId, card, { mine = false } = {}) {
   if (following.has(jobId)) return;
   following.add(jobId);
   let lastId = null;
+  const stream = await openStream(jobId, mine);
+  if (!stream) {
+    following.delete(jobId);
+    return; // no stream free: the card shows the status it was listed with
+  }
   try {
     for (;;) {
       try {
         const headers = authHeaders({ Accept: "text/event-stream" });
         if (lastId) headers["Last-Event-ID"] = lastId;
-        const response = await fetch(`/v1/jobs/${jobId}/events`, { headers });
+        const response = await fetch(`/v1/jobs/${jobId}/events`, {
+          headers,
+          signal: stream.controller.signal,
+        });
         if (!response.ok) {
           card.querySelector(".error").textContent = await errorMessage(response);
           if (response.status < 500) return;
@@ -199,12 +234,14 @@ async function follow(jobId, card) {
           }
         }
       } catch (err) {
+        if (stream.controller.signal.aborted) return; // its stream went to a newer job
         console.warn(`events of ${jobId}: ${err}`);
       }
       await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
     }
   } finally {
     following.delete(jobId);
+    closeStream(jobId);
   }
 }
 
