@@ -53,19 +53,21 @@ class BatchParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    negative_prompt: Prompt | None = None
-    width: Dimension | None = None
-    height: Dimension | None = None
-    num_inference_steps: int | None = Field(None, ge=1, le=150)
-    guidance_scale: float | None = Field(None, ge=0, le=30, allow_inf_nan=False)
-    scheduler: Scheduler | None = None
+    negative_prompt: Prompt | None = Field(None, description="As in POST /v1/jobs")
+    width: Dimension | None = Field(None, description="Pixels, 64-1024, a multiple of 8")
+    height: Dimension | None = Field(None, description="Pixels, 64-1024, a multiple of 8")
+    num_inference_steps: int | None = Field(None, ge=1, le=150, description="Denoising steps")
+    guidance_scale: float | None = Field(
+        None, ge=0, le=30, allow_inf_nan=False, description="Classifier-free guidance, 0-30"
+    )
+    scheduler: Scheduler | None = Field(None, description="Sampler")
     seed: int | None = Field(
         None,
         ge=0,
         le=MAX_SEED,
         description="Shared: row n (from 0) uses seed + n. In a row: that row's seed.",
     )
-    output_format: OutputFormat | None = None
+    output_format: OutputFormat | None = Field(None, description="Encoding of the images")
 
 
 class BatchRow(BatchParameters):
@@ -82,7 +84,9 @@ class BatchOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    parameters: BatchParameters = Field(default_factory=BatchParameters)
+    parameters: BatchParameters = Field(
+        default_factory=BatchParameters, description="Parameters every row shares"
+    )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=MAX_METADATA_ITEMS, description="Echoed back"
     )
@@ -109,7 +113,7 @@ class BatchCreate(BatchOptions):
 class BatchFile(BaseModel):
     key: str = Field(description="Object key in the bucket")
     url: str = Field(description="Presigned GET URL")
-    expires_at: datetime
+    expires_at: datetime = Field(description="When the URL stops working")
 
 
 class BatchResults(BaseModel):
@@ -123,20 +127,20 @@ class BatchResults(BaseModel):
 class BatchPublic(BaseModel):
     """A batch as clients see it."""
 
-    id: str
+    id: str = Field(description="128 random bits, hex")
     status: Literal["submitting", "in_progress", "canceling", "completed", "canceled", "failed"] = (
         Field(description="completed/canceled once every job ended and the manifest is written")
     )
-    created_at: datetime
-    finished_at: datetime | None = None
+    created_at: datetime = Field(description="When it was submitted")
+    finished_at: datetime | None = Field(None, description="When its last job ended")
     total: int = Field(description="Rows, one job each")
     counts: dict[str, int] = Field(description="Jobs per status")
     fraction_done: float = Field(description="Jobs that ended / total, 0.0-1.0")
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict, description="As submitted")
     webhook: WebhookSpec | None = Field(None, description="Where batch.completed is sent")
     error: str | None = Field(None, description="Why the batch could not be submitted")
     results: BatchResults | None = Field(None, description="The manifest, once finished")
-    links: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict, description="Related paths")
 
 
 @dataclass(frozen=True)

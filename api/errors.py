@@ -102,3 +102,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for exc_type in (redis.RedisError, OperationalError, BotoCoreError, ClientError):
         app.add_exception_handler(exc_type, _unavailable)
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make /openapi.json say what 422s look like here: the error shape above, not FastAPI's."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = generate()
+        error = {"$ref": "#/components/schemas/ErrorResponse"}
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                invalid = operation.get("responses", {}).get("422")
+                if invalid:
+                    invalid["description"] = "Invalid request: the message names the field"
+                    invalid["content"] = {"application/json": {"schema": error}}
+        schemas = spec.get("components", {}).get("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

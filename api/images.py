@@ -32,20 +32,22 @@ class ImageGenerate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Prompt
+    prompt: Prompt = Field(description="The prompt")
     model: str | None = Field(None, max_length=256, description="Accepted and ignored")
     n: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images to generate")
     size: str = Field(DEFAULT_SIZE, description="'WxH', each 64-1024 and a multiple of 8")
     response_format: Literal["url", "b64_json"] = Field(
         "url", description="url: presigned URL in the bucket; b64_json: the image inline"
     )
-    output_format: OutputFormat = OutputFormat.PNG
+    output_format: OutputFormat = Field(OutputFormat.PNG, description="Encoding (sdq extra)")
     user: str | None = Field(None, max_length=256, description="Kept in the job's metadata")
     # sdq's extras
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Image n uses seed + n")
-    num_inference_steps: int = Field(50, ge=1, le=150)
-    negative_prompt: Prompt | None = None
-    guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False)
+    num_inference_steps: int = Field(50, ge=1, le=150, description="Denoising steps (sdq extra)")
+    negative_prompt: Prompt | None = Field(None, description="Negative prompt (sdq extra)")
+    guidance_scale: float = Field(
+        7.5, ge=0, le=30, allow_inf_nan=False, description="Guidance, 0-30 (sdq extra)"
+    )
 
     @field_validator("size")
     @classmethod
@@ -79,12 +81,12 @@ class ImageGenerate(BaseModel):
 
 
 class ImageData(BaseModel):
-    url: str | None = None
-    b64_json: str | None = None
+    url: str | None = Field(None, description="Presigned URL (response_format url)")
+    b64_json: str | None = Field(None, description="Base64 image (response_format b64_json)")
 
 
 class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time the images were made")
-    data: list[ImageData]
-    size: str
-    output_format: OutputFormat
+    data: list[ImageData] = Field(description="One entry per image")
+    size: str = Field(description="WxH of the images (sdq extra)")
+    output_format: OutputFormat = Field(description="Encoding of the images (sdq extra)")

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.deps import Services
-from api.errors import install_error_handlers
+from api.errors import document_errors, install_error_handlers
 from api.metrics import HttpMetricsMiddleware
 from api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api.routes import batches, events, health, images, jobs, metrics, score, webhooks
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    document_errors(app)
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,

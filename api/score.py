@@ -39,7 +39,7 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_data: ScoreInputData
+    input_data: ScoreInputData = Field(description="columns, data rows and index, as the seed")
     parameters: dict[str, Any] | None = Field(None, description="Parameters for every row")
 
 

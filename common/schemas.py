@@ -168,19 +168,27 @@ class JobCreate(BaseModel):
     negative_prompt: Prompt | list[Prompt] | None = Field(
         None, description="One negative prompt for all prompts, or one per prompt"
     )
-    num_images_per_prompt: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+    num_images_per_prompt: int = Field(
+        1, ge=1, le=MAX_IMAGES_PER_PROMPT, description="Images per prompt, 1-8"
+    )
     width: Dimension = Field(512, description="Pixels, 64-1024, a multiple of 8")
     height: Dimension = Field(512, description="Pixels, 64-1024, a multiple of 8")
-    num_inference_steps: int = Field(50, ge=1, le=150)
-    guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False)
-    scheduler: Scheduler = Scheduler.PNDM
+    num_inference_steps: int = Field(50, ge=1, le=150, description="Denoising steps, 1-150")
+    guidance_scale: float = Field(
+        7.5,
+        ge=0,
+        le=30,
+        allow_inf_nan=False,
+        description="Classifier-free guidance, 0-30; 1 or less turns it off",
+    )
+    scheduler: Scheduler = Field(Scheduler.PNDM, description="Sampler (SD v1.5's own is pndm)")
     seed: int | None = Field(
         None,
         ge=0,
         le=MAX_SEED,
         description="Base seed; image n uses seed + n. Chosen and returned when absent.",
     )
-    output_format: OutputFormat = OutputFormat.PNG
+    output_format: OutputFormat = Field(OutputFormat.PNG, description="Encoding of the images")
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
         max_length=MAX_METADATA_ITEMS,
@@ -234,17 +242,17 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: list[str]
-    negative_prompt: list[str] | None = None
-    num_images_per_prompt: int
-    width: int
-    height: int
-    num_inference_steps: int
-    guidance_scale: float
-    scheduler: Scheduler
-    seed: int
-    output_format: OutputFormat
-    metadata: dict[str, str] = Field(default_factory=dict)
+    prompt: list[str] = Field(description="The prompts, always a list")
+    negative_prompt: list[str] | None = Field(None, description="One per prompt, if any")
+    num_images_per_prompt: int = Field(description="Images per prompt")
+    width: int = Field(description="Pixels")
+    height: int = Field(description="Pixels")
+    num_inference_steps: int = Field(description="Denoising steps")
+    guidance_scale: float = Field(description="Classifier-free guidance scale")
+    scheduler: Scheduler = Field(description="Sampler")
+    seed: int = Field(description="Base seed used (chosen if the request had none)")
+    output_format: OutputFormat = Field(description="Encoding of the images")
+    metadata: dict[str, str] = Field(default_factory=dict, description="As submitted")
 
     @property
     def num_images(self) -> int:
@@ -259,8 +267,8 @@ class JobRequest(BaseModel):
 
 
 class Progress(BaseModel):
-    step: int = 0
-    total_steps: int
+    step: int = Field(0, description="Denoising steps done")
+    total_steps: int = Field(description="Denoising steps the job runs")
     fraction: float = Field(description="step / total_steps, 0.0-1.0")
 
 
@@ -268,100 +276,107 @@ class ImageResult(BaseModel):
     key: str = Field(description="Object key in the bucket")
     url: str | None = Field(None, description="Presigned GET URL")
     expires_at: datetime | None = Field(None, description="When the presigned URL stops working")
-    width: int
-    height: int
+    width: int = Field(description="Pixels")
+    height: int = Field(description="Pixels")
     seed: int = Field(description="Seed that reproduces this image alone")
-    prompt_index: int
-    content_type: str
+    prompt_index: int = Field(description="Index of its prompt in request.prompt")
+    content_type: str = Field(description="MIME type of the stored object")
     nsfw_content_detected: bool = Field(
         description="True when the safety checker flagged it; the stored image is then black"
     )
 
 
 class JobResult(BaseModel):
-    images: list[ImageResult]
-    nsfw_content_detected: list[bool]
+    images: list[ImageResult] = Field(
+        description="One per image: all images of prompt 0, then of prompt 1, ..."
+    )
+    nsfw_content_detected: list[bool] = Field(description="Per image, in the same order")
     manifest_key: str = Field(description="Key of result.json beside the images")
 
 
 class JobError(BaseModel):
-    code: str
-    message: str
+    code: str = Field(
+        description="Stable code: worker_lost, storage_unavailable, timeout, expired, "
+        "generation_failed"
+    )
+    message: str = Field(description="What happened, for people")
 
 
 class Timings(BaseModel):
     """Seconds, as measured by the worker."""
 
-    queue_s: float | None = None
-    inference_s: float | None = None
-    upload_s: float | None = None
-    total_s: float | None = None
+    queue_s: float | None = Field(None, description="Submitted to started")
+    inference_s: float | None = Field(None, description="Generation, safety checker included")
+    upload_s: float | None = Field(None, description="Encoding and storing the objects")
+    total_s: float | None = Field(None, description="Submitted to finished")
 
 
 class JobPublic(BaseModel):
     """A job as clients see it."""
 
-    id: str
-    status: JobStatus
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    progress: Progress
+    id: str = Field(description="128 random bits, hex")
+    status: JobStatus = Field(description="queued, running, then succeeded/failed/canceled/expired")
+    created_at: datetime = Field(description="When it was submitted")
+    started_at: datetime | None = Field(None, description="When it first started running")
+    finished_at: datetime | None = Field(None, description="When it reached its final status")
+    progress: Progress = Field(description="Denoising progress of the running attempt")
     queue_position: int | None = Field(
         None, description="Jobs ahead of this one in its queue while queued (0 = next)"
     )
-    request: JobRequest
-    metadata: dict[str, str] = Field(default_factory=dict)
+    request: JobRequest = Field(description="The normalised request, with the seed used")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Echo of request metadata")
     expires_at: datetime | None = Field(None, description="Deadline to start by, if any")
     batch_id: str | None = Field(None, description="The batch this job is a row of, if any")
     webhook: WebhookSpec | None = Field(None, description="Where its events are sent, if anywhere")
-    result: JobResult | None = None
-    error: JobError | None = None
-    attempts: int = 0
+    result: JobResult | None = Field(None, description="Images and safety flags, once succeeded")
+    error: JobError | None = Field(None, description="Why it failed or expired")
+    attempts: int = Field(0, description="Deliveries that started running it")
     worker: str | None = Field(None, description="Worker that ran (or runs) the job")
-    timings: Timings = Field(default_factory=Timings)
-    links: dict[str, str] = Field(default_factory=dict)
+    timings: Timings = Field(default_factory=Timings, description="Seconds, measured by the worker")
+    links: dict[str, str] = Field(
+        default_factory=dict, description="Related paths: self, cancel, ..."
+    )
 
 
 class JobList(BaseModel):
-    jobs: list[JobPublic]
+    jobs: list[JobPublic] = Field(description="Newest first")
     next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page")
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: object | None = None
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error")
+    message: str = Field(description="What is wrong, naming the field where there is one")
+    details: object | None = Field(None, description="Per-field details or limits, if any")
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorBody
+    error: ErrorBody = Field(description="Every error has this shape")
 
 
 class WorkerPublic(BaseModel):
-    name: str
-    queue: str
-    model: str
-    device: str
-    state: Literal["loading", "idle", "busy"]
-    current_job: str | None = None
-    jobs_done: int = 0
-    pipeline_loads: int = 0
-    last_beat: datetime
-    started_at: datetime | None = None
-    gpu_name: str | None = None
-    gpu_memory_total_mb: int | None = None
+    name: str = Field(description="Celery node name and process id")
+    queue: str = Field(description="Queue it serves")
+    model: str = Field(description="SDQ_MODEL it loaded")
+    device: str = Field(description="cuda, cuda:N or cpu")
+    state: Literal["loading", "idle", "busy"] = Field(description="What it is doing now")
+    current_job: str | None = Field(None, description="The job it is generating, if any")
+    jobs_done: int = Field(0, description="Jobs it finished since it started")
+    pipeline_loads: int = Field(0, description="Times it loaded the pipeline (1 when healthy)")
+    last_beat: datetime = Field(description="Its last heartbeat")
+    started_at: datetime | None = Field(None, description="When the process started")
+    gpu_name: str | None = Field(None, description="GPU model, on CUDA")
+    gpu_memory_total_mb: int | None = Field(None, description="GPU memory, on CUDA")
 
 
 class WorkerList(BaseModel):
-    workers: list[WorkerPublic]
+    workers: list[WorkerPublic] = Field(description="Workers with a live heartbeat")
 
 
 class ComponentHealth(BaseModel):
-    ok: bool
-    error: str | None = None
+    ok: bool = Field(description="Reachable")
+    error: str | None = Field(None, description="Exception type when not")
 
 
 class Readiness(BaseModel):
-    ready: bool
-    checks: dict[str, ComponentHealth]
+    ready: bool = Field(description="Every check passed")
+    checks: dict[str, ComponentHealth] = Field(description="redis and storage")

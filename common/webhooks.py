@@ -109,29 +109,29 @@ class DeliveryState(StrEnum):
 
 class WebhookAttempt(BaseModel):
     n: int = Field(description="1 for the first attempt")
-    at: datetime
+    at: datetime = Field(description="When it was sent")
     status_code: int | None = Field(None, description="The receiver's HTTP status, if any")
     error: str | None = Field(None, description="Why it did not count as delivered")
-    duration_ms: int
+    duration_ms: int = Field(description="Time to the answer or the error")
     next_retry_at: datetime | None = Field(None, description="When the next attempt was due")
 
 
 class WebhookDelivery(BaseModel):
     """One event to one URL, with every attempt made."""
 
-    id: str
-    event: str
+    id: str = Field(description="Delivery id (for redeliver)")
+    event: str = Field(description="job.succeeded, batch.completed, ...")
     webhook_id: str = Field(description="The webhook-id header: the same on every attempt")
-    url: str
-    state: DeliveryState
-    created_at: datetime
-    attempts: list[WebhookAttempt]
+    url: str = Field(description="Receiver")
+    state: DeliveryState = Field(description="pending, delivered or failed")
+    created_at: datetime = Field(description="When the event was dispatched")
+    attempts: list[WebhookAttempt] = Field(description="Every attempt so far")
     next_retry_at: datetime | None = Field(None, description="While pending: the next attempt")
     redelivery_of: str | None = Field(None, description="The delivery this one sends again")
 
 
 class WebhookDeliveryList(BaseModel):
-    deliveries: list[WebhookDelivery]
+    deliveries: list[WebhookDelivery] = Field(description="Deliveries of its events")
 
 
 @dataclass(frozen=True)
