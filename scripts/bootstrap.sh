@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything sdq needs on a fresh machine: a virtualenv with the project and its test
-# tools, and redis-server. Safe to run again; it only installs what is missing.
+# tools, and redis-server; with --tests also chromium for the browser test. Safe to run again;
+# it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,7 @@ fi
 
 # The web page is tested in a real headless browser: Debian's chromium, driven by Playwright
 # (the playwright pip package, a dev dependency; it never downloads a browser of its own).
-if ! command -v chromium >/dev/null; then
+if [ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else

@@ -3,7 +3,7 @@
 # redis-server, rclone S3 server and Celery worker processes, all started by the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --tests
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/pytest "$@"
