@@ -97,6 +97,7 @@ class Claim:
     lease: LeaseKeeper
     started: float = field(default_factory=time.time)
     active: bool = True  # False once canceled or lost: its images are not stored
+    handed_off: bool = False  # its images went to the upload threads, which finish it
     timings: Timings = field(default_factory=Timings)
 
     @property
@@ -179,11 +180,19 @@ class JobRunner:
         lead = self._claim(job_id)
         if lead is None:
             return
-        claims = [lead, *self._companions(lead)]
+        claims = [lead]
         self.state.current_job = job_id
         self._on_change()
         try:
+            self._add_companions(claims)
             self._generate(claims)
+        except BaseException:
+            # Something unforeseen (Redis gone mid-batch, the soft shutdown): stop renewing the
+            # leases of jobs nobody will finish, so the reaper hands them back.
+            for claim in claims:
+                if claim.active and not claim.handed_off:
+                    claim.lease.stop()
+            raise
         finally:
             self.state.current_job = None
             self._on_change()
@@ -207,17 +216,18 @@ class JobRunner:
             log.info("delivery of job %s dropped: %s", job_id, outcome.verdict)
             return None
         log.info("job %s started (attempt %d)", job_id, outcome.attempts)
+        record = self.store.get(job_id)  # before the keeper: if this fails, the lease lapses
         lease = LeaseKeeper(self.store, job_id, outcome.token, self.settings.lease_ttl_s)
-        return Claim(self.store.get(job_id), outcome, lease)
+        return Claim(record, outcome, lease)
 
-    def _companions(self, lead: Claim) -> list[Claim]:
-        """Queued jobs that can share the lead's batch, claimed now (dynamic micro-batching).
+    def _add_companions(self, claims: list[Claim]) -> None:
+        """Claim queued jobs that can share the lead's batch (dynamic micro-batching).
 
         A lone job waits at most settings.batch_window_s for company.
         """
+        lead = claims[0]
         budget = self.settings.max_batch - lead.record.request.num_images
         key = batch_key(lead.record.request)
-        claims: list[Claim] = []
         deadline = time.monotonic() + self.settings.batch_window_s
         while budget > 0:
             for job_id, request in self.store.peek_pending(lead.record.queue, COMPANION_SCAN):
@@ -227,10 +237,9 @@ class JobRunner:
                 if claim is not None:
                     claims.append(claim)
                     budget -= request.num_images
-            if claims or time.monotonic() >= deadline:
+            if len(claims) > 1 or time.monotonic() >= deadline:
                 break
             time.sleep(0.001)
-        return claims
 
     # --- generating -------------------------------------------------------------------------
 
@@ -262,6 +271,7 @@ class JobRunner:
             if claim.active:
                 claim.timings.inference_s = inference_s
                 self.uploader.submit(lambda c=claim, g=generation: self._complete_logged(c, g))
+                claim.handed_off = True
 
     def _fail_active(self, claims: list[Claim], code: str, message: str) -> None:
         for claim in claims:
