@@ -426,6 +426,7 @@ def _fan_out(
             batches.add_jobs(batch_id, ids)
             for job_id in ids:
                 services.queue.enqueue(job_id, queue)
+            store.mark_dispatched(ids)
     except Exception:
         log.exception("batch %s: fan-out failed after %d jobs", batch_id, len(made))
         with contextlib.suppress(Exception):

@@ -55,6 +55,7 @@ def submit(
     if created:
         try:
             services.queue.enqueue(job_id, settings.queue)
+            store.mark_dispatched([job_id])
         except Exception:
             store.discard(job_id, tenant=tenant, idempotency_key=idempotency_key)
             raise

@@ -85,6 +85,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[7])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
+redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'deadline', ARGV[11])
   redis.call('ZADD', KEYS[7], ARGV[11], ARGV[1])
@@ -432,6 +433,7 @@ class JobStore:
                 keys.sequence(),
                 idem_key,
                 keys.deadlines(),
+                keys.undispatched(),
             ],
             args=[
                 job_id,
@@ -460,11 +462,21 @@ class JobStore:
         pipe = self.redis.pipeline()
         pipe.delete(keys.job(job_id), keys.job_events(job_id))
         pipe.zrem(keys.tenant_jobs(tenant), job_id)
+        pipe.zrem(keys.undispatched(), job_id)
         if record:
             pipe.zrem(keys.pending(record), job_id)
         if idempotency_key:
             pipe.delete(keys.idempotency(tenant, idempotency_key))
         pipe.execute()
+
+    def mark_dispatched(self, job_ids: list[str]) -> None:
+        """Their Celery messages are published: the reaper need not publish them again."""
+        if job_ids:
+            self.redis.zrem(keys.undispatched(), *job_ids)
+
+    def undispatched_since(self, before: float, *, limit: int = 500) -> list[str]:
+        """Jobs stored before ``before`` (epoch s) whose message was never marked published."""
+        return self.redis.zrangebyscore(keys.undispatched(), "-inf", before, start=0, num=limit)
 
     # --- read -----------------------------------------------------------------------------
 

@@ -52,6 +52,17 @@ def running() -> str:
     return f"{PREFIX}:running"
 
 
+def undispatched() -> str:
+    """Sorted set: jobs stored but whose Celery message is not known to be published yet,
+    scored by creation time (epoch s). The reaper publishes those older than DISPATCH_GRACE_S."""
+    return f"{PREFIX}:undispatched"
+
+
+# A job still undispatched this long after it was stored lost its message (the API died between
+# storing and publishing); the reaper publishes it. Seconds; a duplicate message is harmless.
+DISPATCH_GRACE_S = 60
+
+
 def deadlines() -> str:
     """Sorted set: queued job ids scored by the deadline to start by (epoch s)."""
     return f"{PREFIX}:deadlines"

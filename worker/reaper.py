@@ -1,5 +1,6 @@
 """The reaper: no job stays 'running' after its worker vanished, none stays queued past its
-deadline. Every worker process runs one; a Redis lock lets one of them act per round."""
+deadline, and none waits for a message its submitter died before publishing. Every worker
+process runs one; a Redis lock lets one of them act per round."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import redis
 from common import keys
 from common.jobstore import JobNotFound, JobStore
 from common.queue import JobQueue
+from common.schemas import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,24 @@ class Reaper:
             except redis.RedisError as exc:
                 log.warning("reaper round skipped: %s", exc)
 
+    def _dispatch_lost(self) -> list[str]:
+        """Publish the message of queued jobs whose submitter died before publishing it."""
+        sent = []
+        for job_id in self._store.undispatched_since(time.time() - keys.DISPATCH_GRACE_S):
+            try:
+                record = self._store.get(job_id)
+            except JobNotFound:
+                record = None
+            if record is not None and record.status is JobStatus.QUEUED:
+                self._queue.enqueue(job_id, record.queue)
+                sent.append(job_id)
+            self._store.mark_dispatched([job_id])
+        return sent
+
     def reap_once(self) -> dict[str, list[str]]:
         """One round; returns what it did, by outcome."""
         done: dict[str, list[str]] = {"expired": self._store.expire_overdue()}
+        done["dispatched"] = self._dispatch_lost()
         # A lease outlives its last renewal by lease_ttl_s: only older jobs can be orphans.
         for job_id in self._store.running_since(time.time() - self._lease_ttl_s):
             if self._store.lease_ttl_ms(job_id) > 0:
@@ -68,7 +85,7 @@ class Reaper:
                 self._queue.enqueue(job_id, queue)
             outcome = self._store.requeue_orphan(job_id, max_attempts=self._max_attempts)
             done.setdefault(outcome, []).append(job_id)
-        for outcome in ("expired", "requeued", "failed"):
+        for outcome in ("expired", "dispatched", "requeued", "failed"):
             if done.get(outcome):
                 log.warning("reaper: %s %s", outcome, ", ".join(done[outcome]))
         return done

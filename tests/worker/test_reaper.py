@@ -88,3 +88,19 @@ def test_overdue_queued_job_expires(store: JobStore) -> None:
     assert store.get(job_id).status is JobStatus.EXPIRED
     assert store.get(keep).status is JobStatus.QUEUED
     assert store.start(job_id, worker="w", lease_ttl_s=1, max_attempts=3).verdict == "terminal"
+
+
+def test_job_whose_message_was_never_published_gets_one(store: JobStore) -> None:
+    request = JobCreate(prompt="orphaned at birth").normalised()
+    lost, _ = store.create(request, tenant="t-r", queue=QUEUE)
+    sent, _ = store.create(request, tenant="t-r", queue=QUEUE)
+    store.mark_dispatched([sent])  # what the API does once the publish succeeded
+    # The submitter died between storing `lost` and publishing it, a while ago.
+    store.redis.zadd(keys.undispatched(), {lost: time.time() - keys.DISPATCH_GRACE_S - 1})
+    queue = RecordingQueue()
+
+    done = _reaper(store, queue).reap_once()
+
+    assert done["dispatched"] == [lost]
+    assert queue.sent == [(lost, QUEUE)]
+    assert _reaper(store, queue).reap_once()["dispatched"] == []  # once
