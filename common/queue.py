@@ -75,8 +75,3 @@ class JobQueue:
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )
-
-    def depth(self, queue: str) -> int:
-        """Messages waiting in the broker list for ``queue``."""
-        with self._app.connection_for_write() as conn:
-            return conn.default_channel.client.llen(queue)
