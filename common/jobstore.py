@@ -103,7 +103,7 @@ end
 return {1, ARGV[1], ARGV[8]}
 """
 
-# KEYS: job, events, pending, lease, running, deadlines
+# KEYS: the status keys (JobStore._status_keys): job, events, pending, lease, running, deadlines
 # ARGV: to_status, allowed_from (comma separated), field/value pairs as JSON, events_maxlen,
 #       lease token ('' to leave the lease alone)
 _TRANSITION = (
@@ -135,7 +135,7 @@ return {'ok', cur}
 """
 )
 
-# KEYS: job, events, pending, lease, running, deadlines
+# KEYS: the status keys (JobStore._status_keys): job, events, pending, lease, running, deadlines
 # ARGV: token, lease_ms, now, worker, max_attempts, events_maxlen
 _START = (
     _WEBHOOK_LUA
@@ -200,7 +200,7 @@ return redis.call('HGET', KEYS[1], 'cancel_requested') or '0'
 """
 )
 
-# KEYS: job, events, pending, deadlines.  ARGV: now, events_maxlen
+# KEYS: the status keys (JobStore._status_keys).  ARGV: now, events_maxlen
 _CANCEL = (
     _WEBHOOK_LUA
     + """
@@ -209,7 +209,7 @@ if not cur then return 'missing' end
 if cur == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
   redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
-  redis.call('ZREM', KEYS[4], redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZREM', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'status', 'status', 'canceled')
   sdq_webhook(KEYS[1], 'job.canceled', 'canceled')
   return 'canceled'
@@ -222,7 +222,7 @@ return cur
 """
 )
 
-# KEYS: job, events, pending, lease, running.  ARGV: now, events_maxlen, max_attempts
+# KEYS: the status keys (JobStore._status_keys).  ARGV: now, events_maxlen, max_attempts
 # A running job whose lease lapsed (its worker vanished) goes back to the queue, or fails when it
 # has used up its attempts. The caller re-sends the task when this returns 'requeued'.
 _REQUEUE = (
@@ -253,11 +253,11 @@ return 'requeued'
 """
 )
 
-# KEYS: job, events, pending, deadlines.  ARGV: id, now, events_maxlen
+# KEYS: the status keys (JobStore._status_keys).  ARGV: id, now, events_maxlen
 _EXPIRE = (
     _WEBHOOK_LUA
     + """
-redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '')
 if not deadline or deadline > tonumber(ARGV[2]) then return 0 end
@@ -550,12 +550,7 @@ class JobStore:
         """Cancel a queued job now, or ask the running one to stop. Returns what happened:
         'canceled', 'requested', 'missing', or the terminal status it already had."""
         return self._cancel(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                self._pending_of(job_id),
-                keys.deadlines(),
-            ],
+            keys=self._status_keys(job_id),
             args=[repr(time.time()), keys.EVENTS_MAXLEN],
         )
 
@@ -567,14 +562,7 @@ class JobStore:
         """Take the lease and move the job to running, counting the attempt."""
         token = f"{worker}:{secrets.token_hex(8)}"
         verdict, attempts = self._start(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                self._pending_of(job_id),
-                keys.job_lease(job_id),
-                keys.running(),
-                keys.deadlines(),
-            ],
+            keys=self._status_keys(job_id),
             args=[
                 token,
                 int(lease_ttl_s * 1000),
@@ -670,14 +658,7 @@ class JobStore:
         token: str,
     ) -> bool:
         verdict, _ = self._transition(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                self._pending_of(job_id),
-                keys.job_lease(job_id),
-                keys.running(),
-                keys.deadlines(),
-            ],
+            keys=self._status_keys(job_id),
             args=[
                 status.value,
                 ",".join(s.value for s in allowed_from),
@@ -699,13 +680,7 @@ class JobStore:
 
         Returns 'requeued' (send the task again), 'failed', 'leased' or 'skipped'."""
         return self._requeue(
-            keys=[
-                keys.job(job_id),
-                keys.job_events(job_id),
-                self._pending_of(job_id),
-                keys.job_lease(job_id),
-                keys.running(),
-            ],
+            keys=self._status_keys(job_id),
             args=[repr(time.time()), keys.EVENTS_MAXLEN, max_attempts],
         )
 
@@ -715,17 +690,23 @@ class JobStore:
         expired = []
         for job_id in self.redis.zrangebyscore(keys.deadlines(), "-inf", now, start=0, num=limit):
             done = self._expire(
-                keys=[
-                    keys.job(job_id),
-                    keys.job_events(job_id),
-                    self._pending_of(job_id),
-                    keys.deadlines(),
-                ],
+                keys=self._status_keys(job_id),
                 args=[job_id, repr(now), keys.EVENTS_MAXLEN],
             )
             if done:
                 expired.append(job_id)
         return expired
+
+    def _status_keys(self, job_id: str) -> list[str]:
+        """The keys every status-changing script takes, in this order."""
+        return [
+            keys.job(job_id),
+            keys.job_events(job_id),
+            self._pending_of(job_id),
+            keys.job_lease(job_id),
+            keys.running(),
+            keys.deadlines(),
+        ]
 
     def _pending_of(self, job_id: str) -> str:
         return keys.pending(self.redis.hget(keys.job(job_id), "queue") or "")
