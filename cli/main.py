@@ -46,21 +46,11 @@ def _worker(args: argparse.Namespace) -> int:
         return _webhook_worker(args)
     from worker.app import app
 
-    argv = [
-        "worker",
-        # Interactive first: with the "priority" queue order, batch jobs run only when no
-        # interactive job waits.
-        f"--queues={args.queues or f'{settings.queue},{settings.batch_queue_name}'}",
-        "--concurrency=1",  # one process per GPU
-        "--pool=prefork",  # the pipeline lives in the child; a crash there loses no message
-        "--without-mingle",
-        "--without-gossip",
-        f"--loglevel={settings.log_level}",
-    ]
-    if args.hostname:
-        argv.append(f"--hostname={args.hostname}")
-    app.worker_main(argv)
-    return 0
+    # Interactive first: with the "priority" queue order, batch jobs run only when no
+    # interactive job waits. One process per GPU; the pipeline lives in the prefork child, so
+    # a crash there loses no message.
+    queues = args.queues or f"{settings.queue},{settings.batch_queue_name}"
+    return _run_celery(app, args, queues, pool="prefork", concurrency=1)
 
 
 def _webhook_worker(args: argparse.Namespace) -> int:
@@ -68,14 +58,21 @@ def _webhook_worker(args: argparse.Namespace) -> int:
     from worker.webhook_app import app
 
     settings = get_settings()
+    # Deliveries wait on receivers: threads, not processes.
+    return _run_celery(
+        app, args, settings.webhook_queue, pool="threads", concurrency=settings.webhook_concurrency
+    )
+
+
+def _run_celery(app, args: argparse.Namespace, queues: str, *, pool: str, concurrency: int) -> int:
     argv = [
         "worker",
-        f"--queues={settings.webhook_queue}",
-        "--pool=threads",  # deliveries wait on receivers: threads, not processes
-        f"--concurrency={settings.webhook_concurrency}",
+        f"--queues={queues}",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
         "--without-mingle",
         "--without-gossip",
-        f"--loglevel={settings.log_level}",
+        f"--loglevel={get_settings().log_level}",
     ]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
